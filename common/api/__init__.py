@@ -1,0 +1,1 @@
+"""The public REST API: a Flask app factory plus request validation."""

@@ -1,0 +1,86 @@
+"""`etl`: run pipeline stages in-process and serve the API.
+
+    etl run --source b [--stage extract|transform|all]    prints a JSON summary; exit 1 unless every run succeeded
+    etl serve [--port 8080] [--host 127.0.0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from common.errors import EtlError
+from common.sources import SHORT_NAMES
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _progress_printer(stream=sys.stderr):
+    state = {"last": -1}
+
+    def progress(rows: int, done: int, total: int) -> None:
+        percent = int(done * 100 / total) if total else 100
+        if percent != state["last"]:
+            state["last"] = percent
+            stream.write(f"\rextract: {rows:,} rows, {percent}% of {total / 1e6:.1f} MB")
+            stream.flush()
+
+    return progress
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from common.pipeline import run_extract, run_transform
+    from common.wiring import get_wiring
+
+    wiring = get_wiring()
+    runs = []
+    if args.stage in ("extract", "all"):
+        progress = _progress_printer() if not args.quiet and sys.stderr.isatty() else None
+        runs.append(run_extract(args.source, wiring, progress=progress))
+        if progress:
+            sys.stderr.write("\n")
+    if args.stage in ("transform", "all"):
+        runs.append(run_transform(wiring))
+    ok = all(run.status == "succeeded" for run in runs)
+    print(json.dumps({"ok": ok, "runs": [run.to_dict() for run in runs]}, indent=2))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from common.api.server import serve
+
+    serve(host=args.host, port=args.port, threads=args.threads)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="etl", description="Crypto-market ETL pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="extract a source and transform/load it, in this process")
+    run.add_argument("--source", required=True, choices=sorted(SHORT_NAMES) + sorted(SHORT_NAMES.values()))
+    run.add_argument("--stage", default="all", choices=("extract", "transform", "all"))
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.set_defaults(func=cmd_run)
+    serve = sub.add_parser("serve", help="serve the REST API")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--threads", type=int, default=8)
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EtlError as exc:
+        print(json.dumps({"ok": False, "error": exc.to_dict()}), file=sys.stderr)
+        return EXIT_USAGE if exc.http_status == 400 else EXIT_FAILED
+    except NotImplementedError as exc:
+        print(json.dumps({"ok": False, "error": {"code": "not_implemented", "message": str(exc)}}), file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Settings read once from the environment into a frozen, validated object that callers pass down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from common.errors import ConfigError
+
+DEFAULT_SQLITE_PATH = "./data/etl.sqlite3"
+DEFAULT_SOURCE_B_PATH = "./data/Historical_Data.csv"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable; secrets are kept out of repr so they never reach a log line."""
+
+    mongodb_uri: str | None = field(default=None, repr=False)
+    sqlite_path: str = DEFAULT_SQLITE_PATH
+    source_b_path: str = DEFAULT_SOURCE_B_PATH
+    csv_chunk_rows: int = 20_000
+    csv_max_line_bytes: int = 1 << 20
+    invocation_budget_s: float = 540.0
+    lease_ttl_s: float = 120.0
+    log_level: str = "INFO"
+
+    @property
+    def store_kind(self) -> str:
+        return "mongo" if self.mongodb_uri else "sqlite"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        reader = _EnvReader(env)
+        settings = cls(
+            mongodb_uri=reader.text("MONGODB_URI") or None,
+            sqlite_path=reader.text("SQLITE_PATH") or DEFAULT_SQLITE_PATH,
+            source_b_path=reader.text("SOURCE_B_PATH") or DEFAULT_SOURCE_B_PATH,
+            csv_chunk_rows=reader.number("CSV_CHUNK_ROWS", 20_000, int, minimum=1),
+            csv_max_line_bytes=reader.number("CSV_MAX_LINE_BYTES", 1 << 20, int, minimum=64),
+            invocation_budget_s=reader.number("INVOCATION_BUDGET_S", 540.0, float, minimum=1),
+            lease_ttl_s=reader.number("LEASE_TTL_S", 120.0, float, minimum=0.1),
+            log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
+        )
+        if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
+        return settings
+
+
+class _EnvReader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str) -> str:
+        return self.env.get(name, "").strip()
+
+    def number(self, name: str, default, kind, *, minimum):
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
+        return value

@@ -1,0 +1,79 @@
+"""The product's one error tree: each class says whether retrying can help and which HTTP status it maps to.
+
+    EtlError                      base; .retryable, .http_status, .context
+    ├── ConfigError               bad or missing environment settings (500, fatal)
+    ├── InputError                a caller sent something invalid (400, fatal)
+    ├── NotFound                  a requested resource does not exist (404, fatal)
+    ├── LeaseHeld                 another invocation holds the stage's lease (409, skip)
+    ├── SourceError               a source could not be read (502, fatal unless subclass says so)
+    │   └── SourceUnavailable     transient: connection errors, timeouts, 5xx (503, retryable)
+    └── StoreError                the store failed (503, retryable)
+"""
+
+from __future__ import annotations
+
+
+class EtlError(Exception):
+    """Base of every error the product raises on purpose."""
+
+    retryable = False
+    http_status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, **context: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = {k: v for k, v in context.items() if v is not None}
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, **({"context": self.context} if self.context else {})}
+
+
+class ConfigError(EtlError):
+    """A setting in the environment is missing or invalid."""
+
+    code = "config_error"
+
+
+class InputError(EtlError):
+    """The caller sent an invalid request or parameter."""
+
+    http_status = 400
+    code = "invalid_input"
+
+
+class NotFound(EtlError):
+    """The requested resource does not exist."""
+
+    http_status = 404
+    code = "not_found"
+
+
+class LeaseHeld(EtlError):
+    """Another invocation currently owns the lease for this stage."""
+
+    http_status = 409
+    code = "lease_held"
+
+
+class SourceError(EtlError):
+    """A source could not be read or returned unusable data."""
+
+    http_status = 502
+    code = "source_error"
+
+
+class SourceUnavailable(SourceError):
+    """A transient source failure that a later attempt may not hit."""
+
+    retryable = True
+    http_status = 503
+    code = "source_unavailable"
+
+
+class StoreError(EtlError):
+    """The state store failed; the operation can be retried."""
+
+    retryable = True
+    http_status = 503
+    code = "store_unavailable"

@@ -1,0 +1,139 @@
+"""Raw batch -> normalized record tuples, master assets and quarantine entries (the transform's pure core)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import operator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from common.ids import asset_id as make_asset_id
+from common.ids import idempotency_key, short_hash
+from common.sources import SourceSpec, resolve_header
+from common.store import RawBatch
+
+
+@dataclass
+class Normalized:
+    records: list[tuple] = field(default_factory=list)
+    quarantine: list[dict] = field(default_factory=list)
+    assets: dict[str, dict] = field(default_factory=dict)
+    blank_lines: int = 0
+
+
+NUMBER_FIELDS = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd")
+"""The numeric fields in NORMALIZED_FIELDS order; price_usd is required."""
+
+
+class BadRow(ValueError):
+    """A row that cannot be loaded; the message is the quarantine reason."""
+
+
+def to_utc_iso(text: str) -> str:
+    """ISO 8601 / `YYYY-MM-DD HH:MM:SS` / date -> `YYYY-MM-DDTHH:MM:SSZ` in UTC (naive values are taken as UTC)."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.isoformat() + "Z"
+
+
+def to_number(text: str, label: str, *, required: bool = False) -> float | None:
+    text = text.strip()
+    if not text:
+        if required:
+            raise BadRow(f"missing {label}")
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRow(f"unparsable number in {label}: {text[:50]!r}") from None
+    if math.isnan(value) or math.isinf(value):
+        raise BadRow(f"non-finite number in {label}: {text[:50]!r}")
+    if value < 0:
+        raise BadRow(f"negative value in {label}: {text[:50]!r}")
+    return value
+
+
+def quarantine_entry(batch: RawBatch, run_id: str, row_number: int | None, raw: str | None, reason: str) -> dict:
+    return {
+        "id": short_hash(batch.batch_id, str(row_number), length=32),
+        "source": batch.source, "run_id": run_id, "batch_id": batch.batch_id,
+        "row_number": row_number, "raw": raw, "reason": reason,
+    }
+
+
+def normalize_csv_batch(batch: RawBatch, spec: SourceSpec, run_id: str, ingested_at: str) -> Normalized:
+    """Parse a `csv_lines` batch: every non-blank line becomes one record or one quarantine entry."""
+    out = Normalized()
+    for reject in batch.rejects:
+        out.quarantine.append(quarantine_entry(batch, run_id, reject["row_number"], reject["raw"], reject["reason"]))
+    columns = resolve_header(spec, batch.header or [])
+    width = len(batch.header or [])
+    labels = {f.name: f.aliases[0] if f.aliases else f.name for f in spec.fields}
+    i_symbol, i_time, i_name = columns["symbol"], columns["observed_at"], columns.get("name")
+    present = [name for name in NUMBER_FIELDS if name in columns]
+    numbers_of = operator.itemgetter(*(columns[name] for name in present))
+    complete = len(present) == len(NUMBER_FIELDS)
+    source = batch.source
+    times: dict[str, str] = {}
+    assets = out.assets
+    records_append = out.records.append
+
+    lines = batch.payload.split("\n")
+    if batch.payload.endswith("\n"):
+        lines.pop()
+    for offset, line in enumerate(lines):
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line.strip():
+            out.blank_lines += 1
+            continue
+        try:
+            if '"' in line:
+                try:
+                    cells = next(csv.reader([line], strict=True))
+                except csv.Error as exc:
+                    raise BadRow(f"malformed CSV quoting: {exc}") from None
+            else:
+                cells = line.split(",")
+            if len(cells) != width:
+                raise BadRow(f"expected {width} columns, got {len(cells)}")
+            symbol = cells[i_symbol].strip().upper()
+            if not symbol:
+                raise BadRow(f"missing {labels['symbol']}")
+            stamp = cells[i_time].strip()
+            observed_at = times.get(stamp)
+            if observed_at is None:
+                if not stamp:
+                    raise BadRow(f"missing {labels['observed_at']}")
+                try:
+                    observed_at = times[stamp] = to_utc_iso(stamp)
+                except ValueError:
+                    raise BadRow(f"unparsable timestamp in {labels['observed_at']}: {stamp[:50]!r}") from None
+            name = cells[i_name].strip() if i_name is not None else ""
+            try:  # fast path: every number present, finite and non-negative
+                values = tuple(map(float, numbers_of(cells))) if len(present) > 1 else (float(numbers_of(cells)),)
+                total = sum(values)
+                if total - total != 0 or min(values) < 0 or not complete:
+                    raise ValueError
+            except ValueError:
+                found = {
+                    name_: to_number(cells[columns[name_]], labels[name_], required=name_ == "price_usd")
+                    for name_ in present
+                }
+                values = tuple(found.get(name_) for name_ in NUMBER_FIELDS)
+        except BadRow as bad:
+            out.quarantine.append(quarantine_entry(batch, run_id, batch.first_row + offset, line, str(bad)))
+            continue
+        asset_key = (symbol, name)
+        asset = assets.get(asset_key)
+        if asset is None:
+            asset = assets[asset_key] = {
+                "asset_id": make_asset_id(symbol, name), "symbol": symbol, "name": name or None, "source": source,
+            }
+        records_append((
+            idempotency_key(source, symbol, observed_at), source, symbol, symbol, observed_at, asset["asset_id"],
+            name or None, *values, ingested_at, run_id,
+        ))
+    return out

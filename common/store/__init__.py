@@ -1,0 +1,171 @@
+"""The storage port: everything that must outlive an invocation goes through `Store`.
+
+Adapters: `common.store.sqlite.SqliteStore` (embedded default) and `common.store.mongo.MongoStore`.
+Nothing above this port knows which one it has; `common.wiring` is the only place that picks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+NORMALIZED_FIELDS: tuple[str, ...] = (
+    "idempotency_key", "source", "source_id", "symbol", "observed_at", "asset_id", "name",
+    "price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
+    "ingested_at", "run_id",
+)
+"""Order of the tuples handed to `Store.commit_transformed` (tuples, not dicts: 1M rows per run is normal)."""
+
+FIRST_SEEN_FIELDS = frozenset({"ingested_at", "run_id"})
+"""Kept from the first write of a record; every other field is overwritten by later writes."""
+
+SORTABLE_FIELDS = ("observed_at", "symbol", "price_usd", "market_cap_usd", "volume_24h_usd", "ingested_at")
+RUN_STATUSES = ("running", "succeeded", "partial", "failed", "skipped")
+
+
+@dataclass
+class RawBatch:
+    """One chunk of a source as received; `batch_id` is deterministic so a replayed chunk overwrites itself."""
+
+    batch_id: str
+    source: str
+    run_id: str
+    format: str  # "csv_lines": newline-joined CSV lines under `header`; "json": a JSON document
+    payload: str
+    row_count: int
+    first_row: int = 1
+    header: list[str] | None = None
+    rejects: list[dict] = field(default_factory=list)  # rows the extract could not even decode
+    position: dict = field(default_factory=dict)
+    version: int = 0  # set by the store; bumps on every overwrite
+    created_at: str = ""
+
+
+@dataclass
+class Run:
+    """One invocation of one stage, as recorded in the run ledger."""
+
+    run_id: str
+    stage: str
+    source: str | None
+    status: str = "running"
+    started_at: str = ""
+    finished_at: str | None = None
+    duration_ms: int | None = None
+    rows_in: int = 0
+    rows_out: int = 0
+    quarantined: int = 0
+    checkpoint: dict | None = None
+    summary: dict = field(default_factory=lambda: {"warnings": [], "errors": []})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DataQuery:
+    """A validated read of normalized records."""
+
+    page: int = 1
+    limit: int = 100
+    symbol: str | None = None
+    source: str | None = None
+    asset_id: str | None = None
+    sort_by: str = "observed_at"
+    descending: bool = True
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict]
+    total: int
+
+
+class Store(ABC):
+    """Port for checkpoints, leases, raw batches, normalized records, assets, the run ledger and quarantine."""
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise `StoreError` unless the store answers."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections held by this process."""
+
+    # --- leases: single flight per stage ------------------------------------------------------------
+    @abstractmethod
+    def acquire_lease(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        """Atomically take `name` if free, expired, or already ours; True when `owner` holds it afterwards."""
+
+    @abstractmethod
+    def renew_lease(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        """Extend our lease; False when it was lost (expired and taken over)."""
+
+    @abstractmethod
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up if we still hold it."""
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    @abstractmethod
+    def get_checkpoint(self, name: str) -> dict | None: ...
+
+    @abstractmethod
+    def put_checkpoint(self, name: str, value: dict) -> None: ...
+
+    # --- raw batches --------------------------------------------------------------------------------
+    @abstractmethod
+    def put_raw_batch(self, batch: RawBatch, checkpoint: tuple[str, dict] | None = None) -> None:
+        """Upsert the batch (as pending, version bumped), then the checkpoint; never the checkpoint alone."""
+
+    @abstractmethod
+    def pending_raw_batches(self, limit: int, source: str | None = None) -> list[RawBatch]:
+        """Oldest batches not yet transformed (in write order)."""
+
+    @abstractmethod
+    def count_raw_batches(self, source: str | None = None, pending_only: bool = False) -> int: ...
+
+    # --- transform output -------------------------------------------------------------------------------
+    @abstractmethod
+    def commit_transformed(
+        self,
+        batch: RawBatch,
+        records: Sequence[tuple],
+        quarantine: Sequence[dict],
+        assets: Iterable[dict],
+    ) -> None:
+        """Upsert records (tuples in NORMALIZED_FIELDS order) and assets, add quarantine entries, then mark
+        the batch done if its version is unchanged. Idempotent: replaying a batch changes nothing."""
+
+    # --- reads ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def query_normalized(self, query: DataQuery) -> Page: ...
+
+    @abstractmethod
+    def count_normalized(self, source: str | None = None) -> int: ...
+
+    @abstractmethod
+    def list_assets(self) -> list[dict]:
+        """Master assets with the sources that reported them, ordered by asset_id."""
+
+    @abstractmethod
+    def list_quarantine(self, source: str | None = None, limit: int = 100, offset: int = 0) -> list[dict]: ...
+
+    @abstractmethod
+    def count_quarantine(self, source: str | None = None) -> int: ...
+
+    # --- run ledger -------------------------------------------------------------------------------------
+    @abstractmethod
+    def save_run(self, run: Run) -> None:
+        """Insert or replace the run's ledger entry."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> Run | None: ...
+
+    @abstractmethod
+    def list_runs(self, stage: str | None = None, source: str | None = None, limit: int = 50) -> list[Run]:
+        """Newest first."""
+
+    @abstractmethod
+    def last_run(self, statuses: Sequence[str], stage: str | None = None) -> Run | None:
+        """The newest run (by start time) whose status is in `statuses`."""

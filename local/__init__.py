@@ -1,0 +1,1 @@
+"""Local emulation: the no-docker runner, the trigger, and generators for realistic source data."""

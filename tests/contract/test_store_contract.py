@@ -1,0 +1,651 @@
+"""One contract for the storage port, run against every adapter.
+
+`StoreContract` holds the behaviour; each adapter subclasses it once and only says how to build a store.
+SqliteStore is the reference; MongoStore runs on mongomock-ng here and on a real server when `TEST_MONGODB_URI`
+is set. Time is always passed in (`now`) or injected (`FakeClock`): nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from abc import ABC, abstractmethod
+
+import mongomock_ng
+import pytest
+
+from common.clock import iso_utc
+from common.errors import StoreError
+from common.store import NORMALIZED_FIELDS, SORTABLE_FIELDS, DataQuery, Page, RawBatch, Run, Store
+from common.store import mongo as mongo_module
+from common.store.mongo import MongoStore
+from common.store.sqlite import SqliteStore
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+QUARANTINE_KEYS = ["id", "source", "run_id", "batch_id", "row_number", "raw", "reason", "created_at"]
+ASSET_KEYS = ["asset_id", "symbol", "name", "first_seen_at", "updated_at", "sources"]
+UNREACHABLE_MONGO = "mongodb://127.0.0.1:1/contract?serverSelectionTimeoutMS=50&connectTimeoutMS=50"
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def record(source="a", source_id="btc", observed_at="2026-01-01T00:00:00Z", **overrides) -> tuple:
+    """A normalized record as the transform hands it over: a tuple in NORMALIZED_FIELDS order."""
+    values = {
+        "idempotency_key": f"{source}|{source_id}|{observed_at}", "source": source, "source_id": source_id,
+        "symbol": "BTC", "observed_at": observed_at, "asset_id": "btc-bitcoin", "name": "Bitcoin",
+        "price_usd": 100.0, "open_usd": 99.0, "high_usd": 101.0, "low_usd": 98.0, "market_cap_usd": 1e12,
+        "volume_24h_usd": 5e9, "ingested_at": "2026-01-01T00:05:00.000Z", "run_id": "run-1",
+    }
+    values.update(overrides)
+    return tuple(values[name] for name in NORMALIZED_FIELDS)
+
+
+def as_item(row: tuple) -> dict:
+    return dict(zip(NORMALIZED_FIELDS, row))
+
+
+def batch(batch_id="a:0", source="a", payload="l1\nl2", **overrides) -> RawBatch:
+    values = {"run_id": "run-1", "format": "csv_lines", "row_count": 2, "header": ["symbol", "price"]}
+    values.update(overrides)
+    return RawBatch(batch_id=batch_id, source=source, payload=payload, **values)
+
+
+def quarantined(entry_id="q1", source="a", **overrides) -> dict:
+    values = {"id": entry_id, "source": source, "run_id": "run-1", "batch_id": "a:0", "row_number": 1,
+              "raw": "x,y", "reason": "missing price"}
+    values.update(overrides)
+    return values
+
+
+def asset(asset_id="btc-bitcoin", source="a", symbol="BTC", name="Bitcoin") -> dict:
+    return {"asset_id": asset_id, "source": source, "symbol": symbol, "name": name}
+
+
+def run(run_id="r1", stage="extract", source="a", status="succeeded", started_at="2026-01-01T00:00:00.000Z",
+        **overrides) -> Run:
+    return Run(run_id=run_id, stage=stage, source=source, status=status, started_at=started_at, **overrides)
+
+
+class StoreContract(ABC):
+    """Behaviour every `Store` adapter must show; subclasses only build stores."""
+
+    @abstractmethod
+    def make_store(self, tmp_path, clock: FakeClock) -> Store:
+        """A fresh, empty store using `clock`."""
+
+    @abstractmethod
+    def make_unreachable_store(self, tmp_path) -> Store:
+        """A store whose backing service cannot be reached or opened."""
+
+    def dispose(self, store: Store) -> None:
+        store.close()
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def store(self, tmp_path, clock):
+        store = self.make_store(tmp_path, clock)
+        yield store
+        self.dispose(store)
+
+    def commit_pending(self, store: Store, records=(), quarantine=(), assets=()) -> RawBatch:
+        """Put a batch, fetch it back as the transform would, and commit `records` etc. against it."""
+        store.put_raw_batch(batch(batch_id=f"commit:{uuid.uuid4().hex}", source="commit"))
+        pending = store.pending_raw_batches(1, source="commit")[0]
+        store.commit_transformed(pending, list(records), list(quarantine), list(assets))
+        return pending
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+    def test_ping_answers(self, store):
+        assert isinstance(store, Store)
+        assert store.ping() is None
+
+    def test_ping_on_unreachable_store_raises_store_error(self, tmp_path):
+        store = self.make_unreachable_store(tmp_path)
+        try:
+            with pytest.raises(StoreError):
+                store.ping()
+        finally:
+            store.close()
+
+    # --- leases ------------------------------------------------------------------------------------------------
+    def test_free_lease_is_acquired(self, store):
+        assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=0) is True
+
+    def test_second_owner_is_refused_while_lease_unexpired(self, store):
+        assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=0)
+        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=5) is False
+        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=9.999) is False
+
+    def test_expired_lease_is_taken_over(self, store):
+        assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=0)
+        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=10) is True  # expiry is inclusive
+        assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=15) is False  # o2 holds it until 20
+
+    def test_owner_reacquiring_extends_its_lease(self, store):
+        assert store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        assert store.acquire_lease("transform", "o1", ttl_s=10, now=5) is True
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=12) is False
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=15) is True
+
+    def test_renew_extends_lease(self, store):
+        store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        assert store.renew_lease("transform", "o1", ttl_s=10, now=8) is True
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=17) is False
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=18) is True
+
+    def test_renew_fails_after_takeover(self, store):
+        store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=11)
+        assert store.renew_lease("transform", "o1", ttl_s=10, now=12) is False
+        assert store.acquire_lease("transform", "o1", ttl_s=10, now=12) is False  # o2 still holds it
+
+    def test_renew_of_expired_but_untaken_lease_succeeds(self, store):
+        store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        assert store.renew_lease("transform", "o1", ttl_s=10, now=30) is True
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=35) is False
+
+    def test_renew_of_unknown_lease_fails(self, store):
+        assert store.renew_lease("never", "o1", ttl_s=10, now=0) is False
+
+    def test_release_only_by_owner(self, store):
+        store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        store.release_lease("transform", "o2")
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=1) is False
+        store.release_lease("transform", "o1")
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=1) is True
+        assert store.renew_lease("transform", "o1", ttl_s=10, now=2) is False
+
+    def test_release_of_unknown_lease_is_a_no_op(self, store):
+        store.release_lease("never", "o1")
+        assert store.acquire_lease("never", "o1", ttl_s=10, now=0)
+
+    def test_leases_are_independent_by_name(self, store):
+        assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=0)
+        assert store.acquire_lease("extract:b", "o2", ttl_s=10, now=0)
+        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=1) is False
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    def test_missing_checkpoint_is_none(self, store):
+        assert store.get_checkpoint("extract:a") is None
+
+    def test_checkpoint_round_trips(self, store):
+        value = {"page": 3, "cursor": "abc", "done": False, "ratio": 0.25, "missing": None,
+                 "seen": ["x", "ü"], "nested": {"a.b": 1, "$where": "kept", "deep": {"x": [1, 2]}}}
+        store.put_checkpoint("extract:a", value)
+        assert store.get_checkpoint("extract:a") == value
+
+    def test_checkpoint_is_replaced_not_merged(self, store):
+        store.put_checkpoint("extract:a", {"page": 1, "cursor": "abc"})
+        store.put_checkpoint("extract:a", {"page": 2})
+        store.put_checkpoint("extract:b", {"offset": 7})
+        assert store.get_checkpoint("extract:a") == {"page": 2}
+        assert store.get_checkpoint("extract:b") == {"offset": 7}
+
+    # --- raw batches -------------------------------------------------------------------------------------------
+    def test_put_raw_batch_round_trips_as_pending(self, store, clock):
+        original = batch(
+            payload="$line.1\n{\"$x\": 1}", row_count=2, first_row=41, header=["a.b", "$c", "ü"],
+            rejects=[{"line": 3, "$error.kind": "bad quote"}], position={"offset": 40, "$k.x": [1, "y"]},
+        )
+        store.put_raw_batch(original)
+        [stored] = store.pending_raw_batches(10)
+        assert stored == RawBatch(
+            batch_id="a:0", source="a", run_id="run-1", format="csv_lines", payload="$line.1\n{\"$x\": 1}",
+            row_count=2, first_row=41, header=["a.b", "$c", "ü"], rejects=[{"line": 3, "$error.kind": "bad quote"}],
+            position={"offset": 40, "$k.x": [1, "y"]}, version=1, created_at=iso_utc(clock()),
+        )
+
+    def test_json_batch_without_header_round_trips(self, store):
+        store.put_raw_batch(batch(format="json", payload='{"data": []}', header=None, row_count=0))
+        [stored] = store.pending_raw_batches(10)
+        assert (stored.format, stored.payload, stored.header, stored.rejects, stored.position) == (
+            "json", '{"data": []}', None, [], {})
+
+    def test_put_raw_batch_writes_its_checkpoint(self, store):
+        store.put_raw_batch(batch(), checkpoint=("extract:a", {"offset": 2}))
+        assert store.get_checkpoint("extract:a") == {"offset": 2}
+        assert store.count_raw_batches() == 1
+
+    def test_put_raw_batch_without_checkpoint_leaves_checkpoints_alone(self, store):
+        store.put_checkpoint("extract:a", {"offset": 0})
+        store.put_raw_batch(batch())
+        assert store.get_checkpoint("extract:a") == {"offset": 0}
+
+    def test_replaying_identical_batch_keeps_done_batch_done(self, store, clock):
+        store.put_raw_batch(batch())
+        [pending] = store.pending_raw_batches(10)
+        store.commit_transformed(pending, [], [], [])
+        clock.advance(60)
+        store.put_raw_batch(batch(run_id="run-2"), checkpoint=("extract:a", {"offset": 2}))
+        assert store.pending_raw_batches(10) == []
+        assert store.count_raw_batches() == 1
+        assert store.count_raw_batches(pending_only=True) == 0
+        assert store.get_checkpoint("extract:a") == {"offset": 2}
+
+    def test_replaying_identical_pending_batch_keeps_version_and_overwrites_metadata(self, store, clock):
+        store.put_raw_batch(batch(position={"offset": 0}))
+        created_at = iso_utc(clock())
+        clock.advance(60)
+        store.put_raw_batch(batch(run_id="run-2", position={"offset": 2}))
+        [stored] = store.pending_raw_batches(10)
+        assert (stored.version, stored.run_id, stored.position, stored.created_at) == (
+            1, "run-2", {"offset": 2}, created_at)
+
+    def test_changed_payload_bumps_version_and_makes_batch_pending_again(self, store, clock):
+        store.put_raw_batch(batch(payload="old"))
+        [pending] = store.pending_raw_batches(10)
+        store.commit_transformed(pending, [], [], [])
+        created_at = iso_utc(clock())
+        clock.advance(60)
+        store.put_raw_batch(batch(payload="new", row_count=5))
+        [stored] = store.pending_raw_batches(10)
+        assert (stored.payload, stored.row_count, stored.version, stored.created_at) == ("new", 5, 2, created_at)
+        store.put_raw_batch(batch(payload="newer"))
+        assert store.pending_raw_batches(10)[0].version == 3
+        assert store.count_raw_batches() == 1
+
+    def test_pending_batches_come_in_first_write_order(self, store, clock):
+        for batch_id in ("b:2", "a:9", "c:1", "a:1"):
+            store.put_raw_batch(batch(batch_id=batch_id, source=batch_id[0]))
+            clock.advance(1)
+        store.put_raw_batch(batch(batch_id="b:2", source="b", payload="changed"))  # an overwrite keeps its place
+        assert [b.batch_id for b in store.pending_raw_batches(10)] == ["b:2", "a:9", "c:1", "a:1"]
+
+    def test_pending_batches_filter_by_source_and_limit(self, store):
+        for batch_id in ("a:0", "b:0", "a:1", "a:2", "b:1"):
+            store.put_raw_batch(batch(batch_id=batch_id, source=batch_id[0]))
+        assert [b.batch_id for b in store.pending_raw_batches(10, source="a")] == ["a:0", "a:1", "a:2"]
+        assert [b.batch_id for b in store.pending_raw_batches(2, source="a")] == ["a:0", "a:1"]
+        assert [b.batch_id for b in store.pending_raw_batches(3)] == ["a:0", "b:0", "a:1"]
+        assert store.pending_raw_batches(0) == []
+        assert store.pending_raw_batches(10, source="zzz") == []
+
+    def test_done_batches_are_not_pending(self, store):
+        for batch_id in ("a:0", "a:1", "a:2"):
+            store.put_raw_batch(batch(batch_id=batch_id))
+        first = store.pending_raw_batches(1)[0]
+        store.commit_transformed(first, [], [], [])
+        assert [b.batch_id for b in store.pending_raw_batches(10)] == ["a:1", "a:2"]
+
+    def test_count_raw_batches(self, store):
+        for batch_id in ("a:0", "a:1", "b:0"):
+            store.put_raw_batch(batch(batch_id=batch_id, source=batch_id[0]))
+        store.commit_transformed(store.pending_raw_batches(1)[0], [], [], [])  # a:0 done
+        assert store.count_raw_batches() == 3
+        assert store.count_raw_batches(source="a") == 2
+        assert store.count_raw_batches(pending_only=True) == 2
+        assert store.count_raw_batches(source="a", pending_only=True) == 1
+        assert store.count_raw_batches(source="zzz") == 0
+
+    # --- commit_transformed: records ---------------------------------------------------------------------------
+    def test_commit_inserts_records(self, store):
+        rows = [record(source_id="btc"), record(source_id="eth", symbol="ETH", asset_id="eth-ethereum",
+                                                name="Ethereum", price_usd=None, market_cap_usd=None)]
+        self.commit_pending(store, records=rows)
+        assert store.count_normalized() == 2
+        items = store.query_normalized(DataQuery(sort_by="symbol", descending=False)).items
+        assert items == [as_item(r) for r in rows]
+        assert all(list(item) == list(NORMALIZED_FIELDS) for item in items)
+
+    def test_recommitting_same_records_adds_no_rows(self, store):
+        rows = [record(source_id=str(i)) for i in range(5)]
+        self.commit_pending(store, records=rows)
+        self.commit_pending(store, records=rows)
+        assert store.count_normalized() == 5
+
+    def test_recommit_overwrites_values_but_keeps_first_seen_fields(self, store):
+        self.commit_pending(store, records=[record(price_usd=100.0, name="Bitcoin")])
+        later = record(price_usd=105.5, name="Bitcoin Core", ingested_at="2026-02-01T00:00:00.000Z",
+                       run_id="run-2")
+        self.commit_pending(store, records=[later])
+        [item] = store.query_normalized(DataQuery()).items
+        assert item == {**as_item(later), "ingested_at": "2026-01-01T00:05:00.000Z", "run_id": "run-1"}
+
+    def test_duplicate_records_in_one_commit_leave_one_row(self, store):
+        first = record(price_usd=1.0, run_id="run-1", ingested_at="2026-01-01T00:00:00.000Z")
+        last = record(price_usd=2.0, run_id="run-9", ingested_at="2026-01-09T00:00:00.000Z")
+        self.commit_pending(store, records=[first, last])
+        [item] = store.query_normalized(DataQuery()).items
+        assert (item["price_usd"], item["run_id"], item["ingested_at"]) == (2.0, "run-1", "2026-01-01T00:00:00.000Z")
+
+    def test_records_differing_in_identity_fields_are_distinct(self, store):
+        self.commit_pending(store, records=[
+            record(), record(source="b"), record(source_id="xbt"), record(observed_at="2026-01-01T01:00:00Z")])
+        assert store.count_normalized() == 4
+
+    def test_numeric_values_read_back_as_floats(self, store):
+        self.commit_pending(store, records=[record(price_usd=100, volume_24h_usd=0)])
+        [item] = store.query_normalized(DataQuery()).items
+        assert (item["price_usd"], item["volume_24h_usd"]) == (100.0, 0.0)
+        assert isinstance(item["price_usd"], float) and isinstance(item["volume_24h_usd"], float)
+
+    # --- commit_transformed: assets ----------------------------------------------------------------------------
+    def test_commit_upserts_assets_ordered_by_id(self, store, clock):
+        self.commit_pending(store, assets=[asset("eth-ethereum", symbol="ETH", name="Ethereum"), asset()])
+        now = iso_utc(clock())
+        assert store.list_assets() == [
+            {"asset_id": "btc-bitcoin", "symbol": "BTC", "name": "Bitcoin", "first_seen_at": now,
+             "updated_at": now, "sources": ["a"]},
+            {"asset_id": "eth-ethereum", "symbol": "ETH", "name": "Ethereum", "first_seen_at": now,
+             "updated_at": now, "sources": ["a"]},
+        ]
+        assert all(list(a) == ASSET_KEYS for a in store.list_assets())
+
+    def test_same_asset_from_two_sources_is_one_asset_with_both(self, store, clock):
+        first_seen = iso_utc(clock())
+        self.commit_pending(store, assets=[asset(source="c")])
+        clock.advance(3600)
+        self.commit_pending(store, assets=[asset(source="a", name="Bitcoin (A)"), asset(source="c")])
+        assert store.list_assets() == [
+            {"asset_id": "btc-bitcoin", "symbol": "BTC", "name": "Bitcoin", "first_seen_at": first_seen,
+             "updated_at": iso_utc(clock()), "sources": ["a", "c"]},
+        ]
+
+    def test_empty_store_has_no_assets(self, store):
+        assert store.list_assets() == []
+
+    # --- commit_transformed: quarantine ------------------------------------------------------------------------
+    def test_quarantine_entries_are_stored(self, store, clock):
+        self.commit_pending(store, quarantine=[
+            quarantined("q1", row_number=2), quarantined("q2", batch_id=None, row_number=None, raw=None)])
+        now = iso_utc(clock())
+        entries = store.list_quarantine()
+        assert entries == [
+            {"id": "q2", "source": "a", "run_id": "run-1", "batch_id": None, "row_number": None, "raw": None,
+             "reason": "missing price", "created_at": now},
+            {"id": "q1", "source": "a", "run_id": "run-1", "batch_id": "a:0", "row_number": 2, "raw": "x,y",
+             "reason": "missing price", "created_at": now},
+        ]
+        assert all(list(entry) == QUARANTINE_KEYS for entry in entries)
+
+    def test_optional_quarantine_fields_may_be_absent(self, store):
+        self.commit_pending(store, quarantine=[{"id": "q1", "source": "a", "run_id": "r", "reason": "bad"}])
+        [entry] = store.list_quarantine()
+        assert (entry["batch_id"], entry["row_number"], entry["raw"]) == (None, None, None)
+
+    def test_quarantine_is_idempotent_by_id(self, store, clock):
+        self.commit_pending(store, quarantine=[quarantined("q1")])
+        first = store.list_quarantine()
+        clock.advance(60)
+        self.commit_pending(store, quarantine=[quarantined("q1", reason="changed")])
+        assert store.list_quarantine() == first
+        assert store.count_quarantine() == 1
+
+    def test_quarantine_list_order_filter_and_paging(self, store, clock):
+        self.commit_pending(store, quarantine=[
+            quarantined("q-b2", batch_id="b", row_number=2), quarantined("q-a9", batch_id="a", row_number=9),
+            quarantined("q-b1", batch_id="b", row_number=1), quarantined("q-c", source="c", batch_id="c")])
+        clock.advance(60)
+        self.commit_pending(store, quarantine=[quarantined("q-late", batch_id="a", row_number=0)])
+        ids = [e["id"] for e in store.list_quarantine()]
+        assert ids == ["q-a9", "q-b1", "q-b2", "q-c", "q-late"]  # created_at, then batch_id, then row_number
+        assert [e["id"] for e in store.list_quarantine(source="a")] == ["q-a9", "q-b1", "q-b2", "q-late"]
+        assert [e["id"] for e in store.list_quarantine(limit=2, offset=1)] == ["q-b1", "q-b2"]
+        assert [e["id"] for e in store.list_quarantine(source="a", limit=10, offset=3)] == ["q-late"]
+        assert store.list_quarantine(limit=0) == []
+        assert store.list_quarantine(source="zzz") == []
+
+    def test_count_quarantine(self, store):
+        self.commit_pending(store, quarantine=[quarantined("q1"), quarantined("q2"), quarantined("q3", source="c")])
+        assert (store.count_quarantine(), store.count_quarantine("a"), store.count_quarantine("c")) == (3, 2, 1)
+        assert store.count_quarantine("zzz") == 0
+
+    # --- commit_transformed: marking the batch ------------------------------------------------------------------
+    def test_commit_marks_batch_done(self, store):
+        store.put_raw_batch(batch())
+        [pending] = store.pending_raw_batches(10)
+        store.commit_transformed(pending, [record()], [quarantined()], [asset()])
+        assert store.pending_raw_batches(10) == []
+        assert store.count_raw_batches(pending_only=True) == 0
+
+    def test_batch_overwritten_during_transform_stays_pending(self, store):
+        store.put_raw_batch(batch(payload="old"))
+        [fetched] = store.pending_raw_batches(10)
+        store.put_raw_batch(batch(payload="new"))  # the extract replays the chunk with new content meanwhile
+        store.commit_transformed(fetched, [record()], [], [])
+        [still_pending] = store.pending_raw_batches(10)
+        assert (still_pending.payload, still_pending.version) == ("new", 2)
+        assert store.count_normalized() == 1  # the old batch's records are kept; the new one will upsert over them
+        store.commit_transformed(still_pending, [record()], [], [])
+        assert store.pending_raw_batches(10) == []
+
+    def test_replaying_a_commit_changes_nothing(self, store):
+        store.put_raw_batch(batch())
+        [pending] = store.pending_raw_batches(10)
+        args = ([record(), record(source_id="eth")], [quarantined()], [asset(), asset(source="b")])
+        store.commit_transformed(pending, *args)
+        snapshot = (store.query_normalized(DataQuery()), store.list_assets(), store.list_quarantine())
+        store.commit_transformed(pending, *args)
+        assert (store.query_normalized(DataQuery()), store.list_assets(), store.list_quarantine()) == snapshot
+        assert store.count_raw_batches(pending_only=True) == 0
+
+    # --- query_normalized / count_normalized --------------------------------------------------------------------
+    DATASET = [
+        record("a", "btc", "2026-01-01T00:00:00Z", symbol="BTC", price_usd=100.0, market_cap_usd=9e11,
+               volume_24h_usd=3e9, ingested_at="2026-01-02T00:00:00.000Z"),
+        record("a", "btc", "2026-01-01T01:00:00Z", symbol="BTC", price_usd=101.0, market_cap_usd=9.1e11,
+               volume_24h_usd=1e9, ingested_at="2026-01-02T00:00:01.000Z"),
+        record("b", "XBT", "2026-01-01T00:30:00Z", symbol="BTC", price_usd=99.5, market_cap_usd=None,
+               volume_24h_usd=2e9, ingested_at="2026-01-02T00:00:02.000Z"),
+        record("a", "eth", "2026-01-01T00:15:00Z", symbol="ETH", asset_id="eth-ethereum", name="Ethereum",
+               price_usd=3.5, market_cap_usd=4e11, volume_24h_usd=None, ingested_at="2026-01-02T00:00:03.000Z"),
+        record("c", "ethereum", "2026-01-01T00:45:00Z", symbol="ETH", asset_id="eth-ethereum", name="Ethereum",
+               price_usd=None, market_cap_usd=4.1e11, volume_24h_usd=7e9, ingested_at="2026-01-02T00:00:04.000Z"),
+        record("c", "sol", "2026-01-01T00:05:00Z", symbol="SOL", asset_id="sol-solana", name="Solana",
+               price_usd=-0.5, market_cap_usd=1e10, volume_24h_usd=5e8, ingested_at="2026-01-02T00:00:05.000Z"),
+    ]
+
+    @staticmethod
+    def expected_order(rows, sort_by: str, descending: bool) -> list[dict]:
+        """The documented order: `sort_by`, then (source, source_id, observed_at), nulls lowest."""
+        def key(item):
+            value = item[sort_by]
+            return (value is not None, value if value is not None else 0,
+                    item["source"], item["source_id"], item["observed_at"])
+        return sorted((as_item(r) for r in rows), key=key, reverse=descending)
+
+    @pytest.fixture
+    def loaded(self, store):
+        self.commit_pending(store, records=self.DATASET)
+        return store
+
+    def test_default_query_is_newest_observation_first(self, loaded):
+        page = loaded.query_normalized(DataQuery())
+        assert isinstance(page, Page)
+        assert page.total == len(self.DATASET)
+        assert [i["observed_at"] for i in page.items] == sorted((as_item(r)["observed_at"] for r in self.DATASET),
+                                                                reverse=True)
+
+    @pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+    @pytest.mark.parametrize("sort_by", SORTABLE_FIELDS)
+    def test_sort_by_each_sortable_field(self, loaded, sort_by, descending):
+        page = loaded.query_normalized(DataQuery(sort_by=sort_by, descending=descending))
+        assert page.items == self.expected_order(self.DATASET, sort_by, descending)
+
+    @pytest.mark.parametrize(
+        ("filters", "expected_ids"),
+        [
+            ({"symbol": "BTC"}, {"btc", "XBT"}),
+            ({"source": "c"}, {"ethereum", "sol"}),
+            ({"asset_id": "eth-ethereum"}, {"eth", "ethereum"}),
+            ({"symbol": "BTC", "source": "a"}, {"btc"}),
+            ({"symbol": "ETH", "source": "c", "asset_id": "eth-ethereum"}, {"ethereum"}),
+            ({"symbol": "DOGE"}, set()),
+        ],
+    )
+    def test_query_filters(self, loaded, filters, expected_ids):
+        page = loaded.query_normalized(DataQuery(**filters))
+        assert {i["source_id"] for i in page.items} == expected_ids
+        assert page.total == sum(1 for r in self.DATASET
+                                 if all(as_item(r)[name] == value for name, value in filters.items()))
+
+    def test_paging_walks_the_whole_order_with_a_stable_total(self, loaded):
+        expected = self.expected_order(self.DATASET, "price_usd", True)
+        pages = [loaded.query_normalized(DataQuery(page=n, limit=4, sort_by="price_usd")) for n in (1, 2, 3)]
+        assert [len(p.items) for p in pages] == [4, 2, 0]
+        assert all(p.total == len(self.DATASET) for p in pages)
+        assert pages[0].items + pages[1].items == expected
+
+    def test_paging_applies_after_filters(self, loaded):
+        page = loaded.query_normalized(DataQuery(page=2, limit=1, symbol="BTC", sort_by="observed_at",
+                                                 descending=False))
+        assert [i["observed_at"] for i in page.items] == ["2026-01-01T00:30:00Z"]
+        assert page.total == 3
+
+    def test_query_on_empty_store(self, store):
+        assert store.query_normalized(DataQuery()) == Page(items=[], total=0)
+
+    def test_count_normalized(self, loaded):
+        assert loaded.count_normalized() == 6
+        assert (loaded.count_normalized("a"), loaded.count_normalized("b"), loaded.count_normalized("c")) == (3, 1, 2)
+        assert loaded.count_normalized("zzz") == 0
+
+    # --- run ledger ---------------------------------------------------------------------------------------------
+    def test_run_round_trips(self, store):
+        original = run(
+            status="partial", finished_at="2026-01-01T00:01:00.000Z", duration_ms=60_000, rows_in=10, rows_out=8,
+            quarantined=2, checkpoint={"offset": 10, "$k.x": None},
+            summary={"warnings": ["slow"], "errors": [], "mapping": {"Price.USD": "price_usd", "$x": 0.93}},
+        )
+        store.save_run(original)
+        assert store.get_run("r1") == original
+
+    def test_unknown_run_is_none(self, store):
+        assert store.get_run("nope") is None
+
+    def test_save_run_replaces_the_entry(self, store):
+        store.save_run(run(status="running"))
+        store.save_run(run(status="succeeded", rows_out=5, finished_at="2026-01-01T00:00:09.000Z"))
+        assert store.get_run("r1") == run(status="succeeded", rows_out=5, finished_at="2026-01-01T00:00:09.000Z")
+        assert len(store.list_runs()) == 1
+
+    def test_list_runs_is_newest_first_with_filters_and_limit(self, store):
+        runs = [
+            run("r1", "extract", "a", started_at="2026-01-01T00:00:00.000Z"),
+            run("r2", "extract", "b", started_at="2026-01-01T02:00:00.000Z"),
+            run("r3", "transform", None, started_at="2026-01-01T01:00:00.000Z"),
+            run("r4", "extract", "a", started_at="2026-01-01T03:00:00.000Z"),
+            run("r5", "extract", "a", started_at="2026-01-01T03:00:00.000Z"),  # tie: higher run_id first
+        ]
+        for entry in runs:
+            store.save_run(entry)
+        assert [r.run_id for r in store.list_runs()] == ["r5", "r4", "r2", "r3", "r1"]
+        assert [r.run_id for r in store.list_runs(stage="extract")] == ["r5", "r4", "r2", "r1"]
+        assert [r.run_id for r in store.list_runs(source="a")] == ["r5", "r4", "r1"]
+        assert [r.run_id for r in store.list_runs(stage="extract", source="b")] == ["r2"]
+        assert [r.run_id for r in store.list_runs(stage="transform", source="a")] == []
+        assert [r.run_id for r in store.list_runs(limit=2)] == ["r5", "r4"]
+        assert store.list_runs(stage="transform") == [runs[2]]
+
+    def test_last_run_by_status_and_stage(self, store):
+        for entry in (
+            run("r1", "extract", status="succeeded", started_at="2026-01-01T00:00:00.000Z"),
+            run("r2", "transform", status="succeeded", started_at="2026-01-01T01:00:00.000Z"),
+            run("r3", "extract", status="failed", started_at="2026-01-01T02:00:00.000Z"),
+            run("r4", "extract", status="running", started_at="2026-01-01T03:00:00.000Z"),
+        ):
+            store.save_run(entry)
+        assert store.last_run(["succeeded"]).run_id == "r2"
+        assert store.last_run(["succeeded"], stage="extract").run_id == "r1"
+        assert store.last_run(["succeeded", "failed"], stage="extract").run_id == "r3"
+        assert store.last_run(["running", "failed"]).run_id == "r4"
+        assert store.last_run(["partial"]) is None
+        assert store.last_run(["succeeded"], stage="load") is None
+
+
+class TestSqliteStore(StoreContract):
+    def make_store(self, tmp_path, clock):
+        return SqliteStore(str(tmp_path / "store" / "etl.sqlite3"), clock=clock)
+
+    def make_unreachable_store(self, tmp_path):
+        (tmp_path / "not-a-dir").write_text("a file where the store's directory should be")
+        return SqliteStore(str(tmp_path / "not-a-dir" / "etl.sqlite3"))
+
+
+class MongoContract(StoreContract):
+    """MongoStore-only checks, on top of the contract."""
+
+    def make_unreachable_store(self, tmp_path):
+        return MongoStore.from_uri(UNREACHABLE_MONGO)
+
+    def test_stores_no_dollar_or_dotted_field_names(self, store):
+        store.put_raw_batch(batch(header=["a.b", "$c"], rejects=[{"$e.f": 1}], position={"$g.h": 2}),
+                            checkpoint=("x.y", {"$i.j": 3}))
+        store.save_run(run(checkpoint={"$k.l": 4}, summary={"m.n": {"$o": 5}}))
+        self.commit_pending(store, records=[record()], quarantine=[quarantined()], assets=[asset()])
+        db = store._database()
+
+        def bad_keys(value):
+            if isinstance(value, dict):
+                return [k for k in value if k.startswith("$") or "." in k] + [
+                    b for v in value.values() for b in bad_keys(v)]
+            if isinstance(value, list):
+                return [b for v in value for b in bad_keys(v)]
+            return []
+
+        for name in db.list_collection_names():
+            for doc in db[name].find():
+                assert bad_keys(doc) == [], (name, doc)
+
+    def test_indexes_are_created_and_creation_is_idempotent(self, store):
+        store.ping()
+        normalized = store._database().normalized.index_information()
+        assert any(info.get("unique") and [k for k, _ in info["key"]] == ["source", "source_id", "observed_at"]
+                   for info in normalized.values())
+        again = MongoStore(store._database().client, store._database().name)
+        again.ping()
+        again.close()
+
+
+class TestMongomockStore(MongoContract):
+    def make_store(self, tmp_path, clock):
+        return MongoStore(mongomock_ng.MongoClient(), f"contract_{uuid.uuid4().hex[:12]}", clock=clock)
+
+    def test_from_uri_connects_lazily_to_the_database_named_in_the_uri(self, monkeypatch):
+        clients = []
+
+        def client_factory(*args, **kwargs):
+            clients.append(mongomock_ng.MongoClient(*args, **kwargs))
+            return clients[-1]
+
+        monkeypatch.setattr(mongo_module, "MongoClient", client_factory)
+        named = MongoStore.from_uri("mongodb://localhost/analytics")
+        default = MongoStore.from_uri("mongodb://localhost")
+        assert clients == []  # nothing connects before first use (gunicorn forks after import)
+        named.save_run(run())
+        default.save_run(run())
+        assert "runs" in clients[0]["analytics"].list_collection_names()
+        assert "runs" in clients[1]["etl_db"].list_collection_names()
+        named.close()
+        default.close()
+
+
+@pytest.mark.skipif(not os.environ.get("TEST_MONGODB_URI"), reason="TEST_MONGODB_URI is not set")
+class TestRealMongoStore(MongoContract):
+    def make_store(self, tmp_path, clock):
+        import pymongo
+
+        client = pymongo.MongoClient(os.environ["TEST_MONGODB_URI"])
+        base = client.get_default_database(default="etl_test").name
+        return MongoStore(client, f"{base}_{uuid.uuid4().hex[:12]}", clock=clock)
+
+    def dispose(self, store):
+        db = store._database()
+        db.client.drop_database(db.name)
+        store.close()
+        db.client.close()
