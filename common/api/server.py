@@ -22,4 +22,5 @@ class _Server(gunicorn.app.base.BaseApplication):
 
 def serve(host: str = "127.0.0.1", port: int = 8080, threads: int = 8) -> None:
     _Server({"bind": f"{host}:{port}", "workers": 1, "threads": threads, "loglevel": "warning",
-             "accesslog": None}).run()
+             "accesslog": None,
+             "control_socket_disable": True}).run()

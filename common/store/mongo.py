@@ -12,8 +12,9 @@ import functools
 import json
 import os
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
+from bson.errors import BSONError
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -28,19 +29,16 @@ _VALUE_FIELDS = tuple(
     f for f in NORMALIZED_FIELDS if f not in FIRST_SEEN_FIELDS and f not in _KEY_FIELDS and f != "idempotency_key"
 )
 _QUARANTINE_FIELDS = ("id", "source", "run_id", "batch_id", "row_number", "raw", "reason", "created_at")
-_INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
-    "normalized": [
-        ([("source", ASCENDING), ("source_id", ASCENDING), ("observed_at", ASCENDING)], {"unique": True}),
-        ([("symbol", ASCENDING), ("observed_at", ASCENDING)], {}),
-        ([("observed_at", ASCENDING)], {}),
-    ],
-    "raw_batches": [
-        ([("status", ASCENDING), ("seq", ASCENDING)], {}),
-        ([("source", ASCENDING), ("status", ASCENDING), ("seq", ASCENDING)], {}),
-    ],
-    "quarantine": [([("source", ASCENDING), ("created_at", ASCENDING)], {})],
-    "runs": [([("stage", ASCENDING), ("started_at", ASCENDING)], {}), ([("started_at", ASCENDING)], {})],
-}
+_INDEXES = (  # (collection, keys, unique); created idempotently on first use
+    ("normalized", ("source", "source_id", "observed_at"), True),
+    ("normalized", ("symbol", "observed_at"), False),
+    ("normalized", ("observed_at",), False),
+    ("raw_batches", ("status", "seq"), False),
+    ("raw_batches", ("source", "status", "seq"), False),
+    ("quarantine", ("source", "created_at"), False),
+    ("runs", ("stage", "started_at"), False),
+    ("runs", ("started_at",), False),
+)
 
 
 def _translated(method):
@@ -50,7 +48,7 @@ def _translated(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except PyMongoError as exc:
+        except (PyMongoError, BSONError) as exc:
             raise StoreError(f"MongoDB {method.__name__} failed: {exc}", operation=method.__name__) from exc
 
     return wrapper
@@ -62,11 +60,6 @@ def _limited(cursor, limit: int, offset: int = 0) -> list[dict]:
         return []
     cursor = cursor.skip(max(offset, 0))
     return list(cursor.limit(limit) if limit > 0 else cursor)
-
-
-def _as_real(name: str, value: Any) -> Any:
-    """Numbers in REAL fields read back as floats, as in SQLite."""
-    return float(value) if name in _REAL_FIELDS and isinstance(value, int) else value
 
 
 class MongoStore(Store):
@@ -82,7 +75,7 @@ class MongoStore(Store):
         self._pid: int | None = None
 
     @classmethod
-    def from_uri(cls, uri: str, clock=system_clock) -> "MongoStore":
+    def from_uri(cls, uri: str, clock=system_clock) -> MongoStore:
         """Store on the database named in the URI's path (`etl_db` when it names none); connects on first use."""
         return cls(uri, None, clock)
 
@@ -96,12 +89,9 @@ class MongoStore(Store):
                     self._client = MongoClient(self._uri)
                     self._pid, self._db = os.getpid(), None
                 client = self._client
-                db = client.get_database(self.db_name) if self.db_name else client.get_default_database(
-                    default=DEFAULT_DB_NAME
-                )
-                for collection, indexes in _INDEXES.items():
-                    for keys, options in indexes:
-                        db[collection].create_index(keys, **options)
+                db = client.get_database(self.db_name) if self.db_name else client.get_default_database(DEFAULT_DB_NAME)
+                for collection, keys, unique in _INDEXES:
+                    db[collection].create_index([(k, ASCENDING) for k in keys], **({"unique": True} if unique else {}))
                 self._db, self._pid = db, os.getpid()
         return self._db
 
@@ -166,13 +156,15 @@ class MongoStore(Store):
             "position": json.dumps(batch.position),
         }
         literal = {name: {"$literal": value} for name, value in fields.items()}
-        # One pipeline update: compare the stored payload server-side, bump version / reset status only on change.
+        # One pipeline update: compare the stored payload server-side (sent once, as `_new`), bump the version and
+        # reset the status only when it changed; `seq` and `created_at` are set on first insert only.
         db.raw_batches.update_one(
             {"_id": batch.batch_id},
             [
+                {"$set": {"_new": {"$literal": batch.payload}}},
                 {"$set": {
-                    "_changed": {"$ne": ["$payload", {"$literal": batch.payload}]},
-                    "payload": {"$literal": batch.payload},
+                    "_changed": {"$ne": ["$payload", "$_new"]},
+                    "payload": "$_new",
                     "source": {"$ifNull": ["$source", {"$literal": batch.source}]},
                     "seq": {"$ifNull": ["$seq", seq]},
                     "created_at": {"$ifNull": ["$created_at", iso_utc(self.clock())]},
@@ -182,7 +174,7 @@ class MongoStore(Store):
                     "version": {"$cond": ["$_changed", {"$add": [{"$ifNull": ["$version", 0]}, 1]}, "$version"]},
                     "status": {"$cond": ["$_changed", "pending", "$status"]},
                 }},
-                {"$unset": "_changed"},
+                {"$unset": ["_new", "_changed"]},
             ],
             upsert=True,
         )
@@ -265,7 +257,7 @@ class MongoStore(Store):
         order = [(name, direction) for name in dict.fromkeys((query.sort_by, *_KEY_FIELDS))]
         collection = self._database().normalized
         docs = _limited(collection.find(where).sort(order), query.limit, (query.page - 1) * query.limit)
-        items = [{name: d["_id"] if name == "idempotency_key" else d.get(name) for name in NORMALIZED_FIELDS} for d in docs]
+        items = [{f: d["_id"] if f == "idempotency_key" else d.get(f) for f in NORMALIZED_FIELDS} for d in docs]
         return Page(items=items, total=collection.count_documents(where))
 
     @_translated
@@ -330,7 +322,8 @@ def _merged_records(records: Sequence[tuple]) -> list[dict]:
     values from the last occurrence, first-seen fields from the first."""
     merged: dict[tuple, dict] = {}
     for row in records:
-        doc = {name: _as_real(name, value) for name, value in zip(NORMALIZED_FIELDS, row)}
+        doc = dict(zip(NORMALIZED_FIELDS, row, strict=True))
+        doc.update({name: float(doc[name]) for name in _REAL_FIELDS if isinstance(doc[name], int)})  # as SQLite REAL
         key = tuple(doc[name] for name in _KEY_FIELDS)
         first = merged.get(key)
         if first is not None:

@@ -12,6 +12,7 @@ import uuid
 from abc import ABC, abstractmethod
 
 import mongomock_ng
+import pymongo
 import pytest
 
 from common.clock import iso_utc
@@ -53,7 +54,7 @@ def record(source="a", source_id="btc", observed_at="2026-01-01T00:00:00Z", **ov
 
 
 def as_item(row: tuple) -> dict:
-    return dict(zip(NORMALIZED_FIELDS, row))
+    return dict(zip(NORMALIZED_FIELDS, row, strict=True))
 
 
 def batch(batch_id="a:0", source="a", payload="l1\nl2", **overrides) -> RawBatch:
@@ -602,6 +603,13 @@ class MongoContract(StoreContract):
             for doc in db[name].find():
                 assert bad_keys(doc) == [], (name, doc)
 
+    def test_raw_batch_document_holds_only_its_fields(self, store):
+        store.put_raw_batch(batch())
+        store.put_raw_batch(batch(payload="changed"))
+        [doc] = store._database().raw_batches.find()
+        assert set(doc) == {"_id", "source", "run_id", "format", "payload", "row_count", "first_row", "header",
+                            "rejects", "position", "version", "status", "seq", "created_at"}
+
     def test_indexes_are_created_and_creation_is_idempotent(self, store):
         store.ping()
         normalized = store._database().normalized.index_information()
@@ -638,8 +646,6 @@ class TestMongomockStore(MongoContract):
 @pytest.mark.skipif(not os.environ.get("TEST_MONGODB_URI"), reason="TEST_MONGODB_URI is not set")
 class TestRealMongoStore(MongoContract):
     def make_store(self, tmp_path, clock):
-        import pymongo
-
         client = pymongo.MongoClient(os.environ["TEST_MONGODB_URI"])
         base = client.get_default_database(default="etl_test").name
         return MongoStore(client, f"{base}_{uuid.uuid4().hex[:12]}", clock=clock)
