@@ -75,6 +75,12 @@ class DataQuery:
     sort_by: str = "observed_at"
     descending: bool = True
 
+    def __post_init__(self) -> None:
+        if self.sort_by not in SORTABLE_FIELDS:  # adapters put it into a query: never trust it
+            raise ValueError(f"sort_by must be one of {SORTABLE_FIELDS}, got {self.sort_by!r}")
+        if self.page < 1 or self.limit < 1:
+            raise ValueError("page and limit must be >= 1")
+
 
 @dataclass(frozen=True)
 class Page:

@@ -156,14 +156,17 @@ class MongoStore(Store):
             "position": json.dumps(batch.position),
         }
         literal = {name: {"$literal": value} for name, value in fields.items()}
-        # One pipeline update: compare the stored payload server-side (sent once, as `_new`), bump the version and
-        # reset the status only when it changed; `seq` and `created_at` are set on first insert only.
+        # One pipeline update: compare the stored content server-side (payload sent once, as `_new`), bump the
+        # version and reset the status only when payload, format, header or rejects changed; `seq` and `created_at` are set on first insert only.
         db.raw_batches.update_one(
             {"_id": batch.batch_id},
             [
                 {"$set": {"_new": {"$literal": batch.payload}}},
                 {"$set": {
-                    "_changed": {"$ne": ["$payload", "$_new"]},
+                    "_changed": {"$or": [
+                        {"$ne": ["$payload", "$_new"]},
+                        *({"$ne": [f"${name}", literal[name]]} for name in ("format", "header", "rejects")),
+                    ]},
                     "payload": "$_new",
                     "source": {"$ifNull": ["$source", {"$literal": batch.source}]},
                     "seq": {"$ifNull": ["$seq", seq]},

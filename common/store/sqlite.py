@@ -20,8 +20,9 @@ CREATE TABLE IF NOT EXISTS raw_batches (
     batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, run_id TEXT NOT NULL, format TEXT NOT NULL,
     payload TEXT NOT NULL, row_count INTEGER NOT NULL, first_row INTEGER NOT NULL, header TEXT,
     rejects TEXT NOT NULL, position TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL,
-    created_at TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS raw_batches_pending ON raw_batches (source) WHERE status = 'pending';
+    created_at TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS raw_batches_seq ON raw_batches (seq);
+CREATE INDEX IF NOT EXISTS raw_batches_pending ON raw_batches (seq) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS normalized (
     source TEXT NOT NULL, source_id TEXT NOT NULL, observed_at TEXT NOT NULL,
     idempotency_key TEXT NOT NULL, symbol TEXT NOT NULL, asset_id TEXT NOT NULL, name TEXT,
@@ -55,6 +56,10 @@ _UPSERT_NORMALIZED = (
         if name not in FIRST_SEEN_FIELDS | {"source", "source_id", "observed_at"}
     )
 )
+_SAME_BATCH = (
+    "raw_batches.payload IS excluded.payload AND raw_batches.header IS excluded.header "
+    "AND raw_batches.format IS excluded.format AND raw_batches.rejects IS excluded.rejects"
+)
 _BATCH_COLUMNS = (
     "batch_id, source, run_id, format, payload, row_count, first_row, header, rejects, position, version, "
     "status, created_at"
@@ -83,7 +88,7 @@ class SqliteStore(Store):
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA wal_autocheckpoint=10000")  # 40 MB: measured 1.6x faster bulk upserts than 1000
             conn.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store at {self.path}: {exc}") from exc
         self._local.conn, self._local.pid = conn, os.getpid()
         return conn
@@ -159,11 +164,11 @@ class SqliteStore(Store):
     def put_raw_batch(self, batch: RawBatch, checkpoint: tuple[str, dict] | None = None) -> None:
         with self._write() as conn:
             conn.execute(
-                f"INSERT INTO raw_batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'pending', ?) "
+                f"INSERT INTO raw_batches ({_BATCH_COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'pending', ?, "
+                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM raw_batches)) "
                 "ON CONFLICT (batch_id) DO UPDATE SET "
-                "version = raw_batches.version + (raw_batches.payload IS NOT excluded.payload), "
-                "status = CASE WHEN raw_batches.payload IS excluded.payload THEN raw_batches.status "
-                "ELSE 'pending' END, "
+                f"version = raw_batches.version + NOT ({_SAME_BATCH}), "
+                f"status = CASE WHEN {_SAME_BATCH} THEN raw_batches.status ELSE 'pending' END, "
                 "run_id = excluded.run_id, format = excluded.format, payload = excluded.payload, "
                 "row_count = excluded.row_count, first_row = excluded.first_row, header = excluded.header, "
                 "rejects = excluded.rejects, position = excluded.position",
@@ -181,7 +186,7 @@ class SqliteStore(Store):
         if source:
             where, params = where + " AND source = ?", [source]
         rows = self._read(
-            f"SELECT {_BATCH_COLUMNS} FROM raw_batches WHERE {where} ORDER BY rowid LIMIT ?", (*params, limit)
+            f"SELECT {_BATCH_COLUMNS} FROM raw_batches WHERE {where} ORDER BY seq LIMIT ?", (*params, limit)
         )
         return [
             RawBatch(
@@ -216,12 +221,12 @@ class SqliteStore(Store):
                 [(a["asset_id"], a["symbol"], a["name"], now, now) for a in assets],
             )
             conn.executemany(
-                "INSERT OR IGNORE INTO asset_sources (asset_id, source) VALUES (?, ?)",
+                "INSERT INTO asset_sources (asset_id, source) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(a["asset_id"], a["source"]) for a in assets],
             )
             conn.executemany(
-                "INSERT OR IGNORE INTO quarantine (id, source, run_id, batch_id, row_number, raw, reason, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO quarantine (id, source, run_id, batch_id, row_number, raw, reason, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 [
                     (q["id"], q["source"], q["run_id"], q.get("batch_id"), q.get("row_number"), q.get("raw"),
                      q["reason"], now)

@@ -260,6 +260,16 @@ class StoreContract(ABC):
         assert store.pending_raw_batches(10)[0].version == 3
         assert store.count_raw_batches() == 1
 
+    @pytest.mark.parametrize("change", [{"header": ["X", "Y"]}, {"format": "json"},
+                                        {"rejects": [{"row_number": 1, "raw": "x", "reason": "r"}]}])
+    def test_same_payload_read_differently_makes_batch_pending_again(self, store, change):
+        store.put_raw_batch(batch(header=["A", "B"]))
+        [pending] = store.pending_raw_batches(10)
+        store.commit_transformed(pending, [], [], [])
+        store.put_raw_batch(batch(**{"header": ["A", "B"], **change}))
+        [stored] = store.pending_raw_batches(10)
+        assert stored.version == 2
+
     def test_pending_batches_come_in_first_write_order(self, store, clock):
         for batch_id in ("b:2", "a:9", "c:1", "a:1"):
             store.put_raw_batch(batch(batch_id=batch_id, source=batch_id[0]))
