@@ -1,0 +1,68 @@
+"""Settings from the environment, adapter selection, and the `etl` console script."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.cli import main
+from common.config import Settings
+from common.errors import ConfigError, StoreError
+from common.store.mongo import MongoStore
+from common.store.sqlite import SqliteStore
+from common.wiring import build_store
+from tests.conftest import csv_lines, write_csv
+
+
+def test_defaults_and_overrides():
+    assert Settings.from_env({}) == Settings()
+    settings = Settings.from_env({"SQLITE_PATH": "/x/db", "CSV_CHUNK_ROWS": "5", "INVOCATION_BUDGET_S": "60.5"})
+    assert (settings.sqlite_path, settings.csv_chunk_rows, settings.invocation_budget_s) == ("/x/db", 5, 60.5)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"CSV_CHUNK_ROWS": "many"}, "CSV_CHUNK_ROWS must be a int"),
+    ({"CSV_CHUNK_ROWS": "0"}, "CSV_CHUNK_ROWS must be >= 1"),
+    ({"LEASE_TTL_S": "-1"}, "LEASE_TTL_S must be >= 0.1"),
+    ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL must be"),
+])
+def test_invalid_settings_are_a_clear_config_error(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_secrets_stay_out_of_repr():
+    settings = Settings.from_env({"MONGODB_URI": "mongodb://user:hunter2@db/etl"})
+    assert "hunter2" not in repr(settings) and settings.store_kind == "mongo"
+
+
+def test_mongo_is_chosen_when_mongodb_uri_is_set(tmp_path):
+    assert isinstance(build_store(Settings(sqlite_path=str(tmp_path / "x.db"))), SqliteStore)
+    store = build_store(Settings(mongodb_uri="mongodb://127.0.0.1:1/etl_test?serverSelectionTimeoutMS=50"))
+    assert isinstance(store, MongoStore)
+    try:
+        with pytest.raises(StoreError):  # nothing listens there: a translated error, not a pymongo one
+            store.ping()
+    finally:
+        store.close()
+
+
+def test_etl_run_prints_a_json_summary_and_exits_by_outcome(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "etl.sqlite3"))
+    monkeypatch.setenv("SOURCE_B_PATH", str(tmp_path / "h.csv"))
+    assert main(["run", "--source", "b", "--quiet"]) == 1  # the file does not exist yet
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["ok"] is False and "not found" in failed["runs"][0]["summary"]["errors"][0]
+
+    write_csv(tmp_path / "h.csv", csv_lines(coins=1, days=12))
+    assert main(["run", "--source", "b"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [run["stage"] for run in summary["runs"]] == ["extract", "transform_load"]
+    assert summary["runs"][1]["rows_out"] == 12
+
+
+def test_etl_run_rejects_a_source_that_has_not_landed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "etl.sqlite3"))
+    assert main(["run", "--source", "a", "--stage", "extract"]) == 2
+    assert "not implemented" in capsys.readouterr().err
