@@ -4,7 +4,9 @@
     ├── ConfigError               bad or missing environment settings (500, fatal)
     ├── InputError                a caller sent something invalid (400, fatal)
     ├── NotFound                  a requested resource does not exist (404, fatal)
-    ├── LeaseHeld                 another invocation holds the stage's lease (409, skip)
+    ├── MethodNotAllowed          wrong HTTP method for an endpoint (405, fatal)
+    ├── NotImplementedYet         a capability that has not landed yet (501, fatal)
+    ├── LeaseLost                 our stage lease expired and was taken over (409, stop: the new owner goes on)
     ├── SourceError               a source could not be read (502, fatal unless subclass says so)
     │   └── SourceUnavailable     transient: connection errors, timeouts, 5xx (503, retryable)
     └── StoreError                the store failed (503, retryable)
@@ -49,11 +51,25 @@ class NotFound(EtlError):
     code = "not_found"
 
 
-class LeaseHeld(EtlError):
-    """Another invocation currently owns the lease for this stage."""
+class MethodNotAllowed(EtlError):
+    """The endpoint does not accept this HTTP method (stage functions only take POST)."""
+
+    http_status = 405
+    code = "method_not_allowed"
+
+
+class NotImplementedYet(EtlError):
+    """The requested capability has not landed yet."""
+
+    http_status = 501
+    code = "not_implemented"
+
+
+class LeaseLost(EtlError):
+    """Our lease expired and another invocation took the stage over."""
 
     http_status = 409
-    code = "lease_held"
+    code = "lease_lost"
 
 
 class SourceError(EtlError):

@@ -9,7 +9,7 @@ from typing import Callable
 
 import flask
 
-from common.errors import EtlError
+from common.errors import EtlError, MethodNotAllowed, NotImplementedYet
 from common.store import Run
 from common.wiring import Wiring, get_wiring
 
@@ -47,17 +47,3 @@ def stage_response(request: flask.Request, action: Callable[[Wiring], Run]) -> f
     response.status_code = STATUS_CODES[run.status]
     response.headers.update({"X-Request-ID": request_id, "X-Run-ID": run.run_id})
     return response
-
-
-class MethodNotAllowed(EtlError):
-    """The stage endpoints only accept POST."""
-
-    http_status = 405
-    code = "method_not_allowed"
-
-
-class NotImplementedYet(EtlError):
-    """The requested capability has not landed yet."""
-
-    http_status = 501
-    code = "not_implemented"

@@ -7,17 +7,13 @@ import time
 from typing import Callable
 
 from common.clock import Clock, iso_utc
-from common.errors import EtlError
+from common.errors import EtlError, LeaseLost
 from common.ids import new_run_id
 from common.store import Run, Store
 
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = ("succeeded", "partial", "failed", "skipped")
-
-
-class LeaseLost(EtlError):
-    """Our lease expired and another invocation took the stage over."""
 
 
 class LeaseKeeper:

@@ -2,7 +2,8 @@
 
 import functions_framework
 
-from common.http import NotImplementedYet, error_response, request_id_of
+from common.errors import NotImplementedYet
+from common.http import error_response, request_id_of
 
 
 @functions_framework.http
