@@ -24,21 +24,24 @@ def transform_load(
         pending = store.pending_raw_batches(limit=1)
         if not pending:
             return "succeeded"
-        batch = pending[0]
-        result = _normalize(batch, settings, run.run_id, iso_utc(clock()))
-        store.commit_transformed(batch, result.records, result.quarantine, result.assets.values())
-        run.rows_in += batch.row_count
-        run.rows_out += len(result.records)
-        run.quarantined += len(result.quarantine)
-        run.summary["batches"] += 1
-        run.summary["blank_lines"] += result.blank_lines
-        counts = run.summary["by_source"].setdefault(batch.source, {"loaded": 0, "quarantined": 0})
-        counts["loaded"] += len(result.records)
-        counts["quarantined"] += len(result.quarantine)
-        run.checkpoint = {"last_batch": batch.batch_id, "version": batch.version}
+        _load_batch(pending.pop(), store, settings, run, clock)  # one batch in memory at a time
         keeper.keep_alive()
     run.summary["warnings"].append("invocation deadline reached; pending batches are left for the next run")
     return "partial"
+
+
+def _load_batch(batch: RawBatch, store: Store, settings: Settings, run: Run, clock: Clock) -> None:
+    result = _normalize(batch, settings, run.run_id, iso_utc(clock()))
+    store.commit_transformed(batch, result.records, result.quarantine, result.assets.values())
+    run.rows_in += batch.row_count
+    run.rows_out += len(result.records)
+    run.quarantined += len(result.quarantine)
+    run.summary["batches"] += 1
+    run.summary["blank_lines"] += result.blank_lines
+    counts = run.summary["by_source"].setdefault(batch.source, {"loaded": 0, "quarantined": 0})
+    counts["loaded"] += len(result.records)
+    counts["quarantined"] += len(result.quarantine)
+    run.checkpoint = {"last_batch": batch.batch_id, "version": batch.version}
 
 
 def _normalize(batch: RawBatch, settings: Settings, run_id: str, ingested_at: str) -> Normalized:

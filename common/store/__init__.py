@@ -119,6 +119,16 @@ class Store(ABC):
     @abstractmethod
     def put_checkpoint(self, name: str, value: dict) -> None: ...
 
+    # --- shared state: small versioned documents (rate-limiter windows, adaptive rates) ----------------
+    @abstractmethod
+    def get_state(self, key: str) -> tuple[dict | None, int]:
+        """The document stored under `key` and its version (None, 0 when absent)."""
+
+    @abstractmethod
+    def cas_state(self, key: str, value: dict, expected_version: int) -> bool:
+        """Compare-and-set: store `value` as version `expected_version + 1` only if the stored version is still
+        `expected_version` (0 = absent). False means another process changed it first: re-read and retry."""
+
     # --- raw batches --------------------------------------------------------------------------------
     @abstractmethod
     def put_raw_batch(self, batch: RawBatch, checkpoint: tuple[str, dict] | None = None) -> None:

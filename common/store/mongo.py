@@ -143,6 +143,26 @@ class MongoStore(Store):
             {"_id": name}, {"$set": {"value": json.dumps(value), "updated_at": iso_utc(self.clock())}}, upsert=True
         )
 
+    # --- shared state ---------------------------------------------------------------------------------------
+    @_translated
+    def get_state(self, key: str) -> tuple[dict | None, int]:
+        doc = self._database().shared_state.find_one({"_id": key})
+        return (json.loads(doc["value"]), doc["version"]) if doc else (None, 0)
+
+    @_translated
+    def cas_state(self, key: str, value: dict, expected_version: int) -> bool:
+        fields = {"value": json.dumps(value), "updated_at": iso_utc(self.clock())}
+        states = self._database().shared_state
+        if expected_version == 0:
+            try:
+                states.insert_one({"_id": key, "version": 1, **fields})
+                return True
+            except DuplicateKeyError:
+                return False
+        result = states.update_one({"_id": key, "version": expected_version},
+                                   {"$set": fields, "$inc": {"version": 1}})
+        return result.matched_count == 1
+
     # --- raw batches ----------------------------------------------------------------------------------------
     @_translated
     def put_raw_batch(self, batch: RawBatch, checkpoint: tuple[str, dict] | None = None) -> None:

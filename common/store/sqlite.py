@@ -15,6 +15,8 @@ from common.store import FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, DataQuery, Page, 
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS shared_state (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL, updated_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS raw_batches (
     batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, run_id TEXT NOT NULL, format TEXT NOT NULL,
@@ -159,6 +161,24 @@ class SqliteStore(Store):
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             (name, json.dumps(value), iso_utc(self.clock())),
         )
+
+    # --- shared state ---------------------------------------------------------------------------------------
+    def get_state(self, key: str) -> tuple[dict | None, int]:
+        rows = self._read("SELECT value, version FROM shared_state WHERE key = ?", (key,))
+        return (json.loads(rows[0][0]), rows[0][1]) if rows else (None, 0)
+
+    def cas_state(self, key: str, value: dict, expected_version: int) -> bool:
+        now = iso_utc(self.clock())
+        with self._write() as conn:
+            if expected_version == 0:
+                cur = conn.execute(
+                    "INSERT INTO shared_state (key, value, version, updated_at) VALUES (?, ?, 1, ?) "
+                    "ON CONFLICT (key) DO NOTHING", (key, json.dumps(value), now))
+            else:
+                cur = conn.execute(
+                    "UPDATE shared_state SET value = ?, version = version + 1, updated_at = ? "
+                    "WHERE key = ? AND version = ?", (json.dumps(value), now, key, expected_version))
+            return cur.rowcount == 1
 
     # --- raw batches ----------------------------------------------------------------------------------------
     def put_raw_batch(self, batch: RawBatch, checkpoint: tuple[str, dict] | None = None) -> None:

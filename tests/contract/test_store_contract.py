@@ -198,6 +198,18 @@ class StoreContract(ABC):
         assert store.get_checkpoint("extract:b") == {"offset": 7}
 
     # --- raw batches -------------------------------------------------------------------------------------------
+    def test_absent_state_is_none_at_version_zero(self, store):
+        assert store.get_state("limiter:a") == (None, 0)
+
+    def test_state_compare_and_set(self, store):
+        assert store.cas_state("limiter:a", {"log": [1]}, 0)
+        assert not store.cas_state("limiter:a", {"log": [9]}, 0)  # someone created it first
+        assert store.get_state("limiter:a") == ({"log": [1]}, 1)
+        assert store.cas_state("limiter:a", {"log": [1, 2]}, 1)
+        assert not store.cas_state("limiter:a", {"log": [7]}, 1)  # stale version
+        assert store.get_state("limiter:a") == ({"log": [1, 2]}, 2)
+        assert store.get_state("limiter:b") == (None, 0)
+
     def test_put_raw_batch_round_trips_as_pending(self, store, clock):
         original = batch(
             payload="$line.1\n{\"$x\": 1}", row_count=2, first_row=41, header=["a.b", "$c", "ü"],

@@ -1,0 +1,154 @@
+"""One request budget per source, shared by every process through the store, that adapts to 429s.
+
+pyrate-limiter supplies the rate model (`Rate`, `Duration`, the sliding-window-log algorithm, `Limiter`);
+`StoreBucket` keeps the window's timestamps in the store (compare-and-set), so every invocation on every
+machine draws on one budget. Waiting is ours, not the Limiter's blocking mode: it uses the injected sleep and
+never waits past the invocation deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from pyrate_limiter import AbstractBucket, Duration, Limiter, Rate, RateItem
+from pyrate_limiter.limiter import SingleBucketFactory
+
+from common.clock import Clock, Deadline
+from common.errors import ConfigError, StoreError
+from common.store import Store
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
+_UNITS = {"s": Duration.SECOND, "m": Duration.MINUTE, "h": Duration.HOUR}
+CAS_ATTEMPTS = 50
+MIN_FACTOR = 0.1
+RECOVERY_PER_INTERVAL = 0.1  # additive recovery: +10 % of the configured rate per window without a 429
+
+
+@dataclass(frozen=True)
+class RateSpec:
+    limit: int
+    interval_ms: int
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.interval_ms / 1000:g}s"
+
+
+def parse_rate(text: str, setting: str = "rate") -> RateSpec:
+    """`N/<duration>` such as `10/1m`, `3/1m`, `5/2s`, `100/1h`; anything else is a ConfigError."""
+    match = _RATE.match(text or "")
+    if not match or int(match.group(1)) < 1 or match.group(2) == "0":
+        raise ConfigError(f"{setting} must look like 10/1m, 3/1m or 5/2s (N/<count><s|m|h>), got {text!r}")
+    return RateSpec(int(match.group(1)), _UNITS[match.group(3)] * int(match.group(2) or 1))
+
+
+class WindowFull(Exception):
+    """No slot before the deadline."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"next request slot in {wait_s:.1f}s is past the invocation deadline")
+        self.wait_s = wait_s
+
+
+class StoreBucket(AbstractBucket):
+    """A sliding-window log whose timestamps live in the store under one key (shared by all processes)."""
+
+    is_async = False
+
+    def __init__(self, store: Store, key: str, rates: list[Rate], clock: Clock) -> None:
+        self.store, self.key, self.clock = store, key, clock
+        self.rates = rates
+
+    def now(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _log(self) -> tuple[list[int], int]:
+        state, version = self.store.get_state(self.key)
+        return (state or {}).get("log", []), version
+
+    def put(self, item: RateItem) -> bool:
+        horizon = item.timestamp - max(rate.interval for rate in self.rates)
+        for _ in range(CAS_ATTEMPTS):
+            stored, version = self._log()
+            log = [stamp for stamp in stored if stamp >= horizon]
+            counts = [sum(1 for s in log if s >= self._algorithm.window_start(r, item.timestamp)) for r in self.rates]
+            decision = self._algorithm.decide(
+                self.rates, counts, item.weight, item.timestamp,
+                lambda offset: log[-1 - offset] if offset < len(log) else None,
+            )
+            if not decision.allowed:
+                return self._record(item, decision)
+            if self.store.cas_state(self.key, {"log": log + [item.timestamp] * item.weight}, version):
+                return self._record(item, decision)
+        raise StoreError(f"rate limiter {self.key}: too much contention ({CAS_ATTEMPTS} compare-and-set retries)")
+
+    def leak(self, current_timestamp: Optional[int] = None) -> int:
+        return 0  # entries past the window are dropped on every put
+
+    def flush(self) -> None:
+        _, version = self._log()
+        self.store.cas_state(self.key, {"log": []}, version)
+
+    def count(self) -> int:
+        return len(self._log()[0])
+
+    def peek(self, index: int) -> Optional[RateItem]:
+        log = self._log()[0]
+        return RateItem(self.key, log[-1 - index]) if index < len(log) else None
+
+
+class SourceLimiter:
+    """The budget of one source: `acquire()` before every request, `penalize()` on a 429."""
+
+    def __init__(self, store: Store, source: str, rate: RateSpec, clock: Clock,
+                 sleep: Callable[[float], None], safety_ms: int | None = None) -> None:
+        self.store, self.source, self.rate, self.clock, self.sleep = store, source, rate, clock, sleep
+        # arrival jitter on the server side must not turn our N-per-window into N+1 in its window
+        self.safety_ms = safety_ms if safety_ms is not None else max(50, rate.interval_ms // 50)
+        self.bucket = StoreBucket(store, f"limiter:{source}", [self._rate(1.0)], clock)
+        self.limiter = Limiter(SingleBucketFactory(self.bucket, schedule_leak=False))
+        self.waited_s = 0.0
+
+    def _rate(self, factor: float) -> Rate:
+        return Rate(max(1, math.floor(self.rate.limit * factor)), self.rate.interval_ms + self.safety_ms)
+
+    def _adaptive(self) -> tuple[dict, int]:
+        state, version = self.store.get_state(f"adaptive:{self.source}")
+        return state or {"factor": 1.0, "since": 0.0, "blocked_until": 0.0}, version
+
+    def factor(self) -> float:
+        """The share of the configured rate in force now (recovers additively after each 429 halving)."""
+        state, _ = self._adaptive()
+        windows = max(0.0, self.clock() - state["since"]) * 1000 / self.rate.interval_ms
+        return min(1.0, state["factor"] + RECOVERY_PER_INTERVAL * windows)
+
+    def acquire(self, deadline: Deadline) -> float:
+        """Wait for a slot in the shared window; returns the seconds waited. Raises WindowFull instead of
+        waiting past the deadline."""
+        waited = 0.0
+        while True:
+            state, _ = self._adaptive()
+            blocked = state["blocked_until"] - self.clock()
+            if blocked <= 0:
+                self.bucket.rates = [self._rate(self.factor())]
+                if self.limiter.try_acquire(self.source, blocking=False):
+                    self.waited_s += waited
+                    return waited
+                blocked = max(self.bucket.waiting(RateItem(self.source, self.bucket.now())), 1) / 1000
+            if blocked > deadline.remaining() - deadline.margin_s:
+                raise WindowFull(blocked)
+            self.sleep(blocked)
+            waited += blocked
+
+    def penalize(self, retry_after_s: float) -> float:
+        """A 429: halve the rate (down to MIN_FACTOR) and block every process until Retry-After has passed."""
+        for _ in range(CAS_ATTEMPTS):
+            state, version = self._adaptive()
+            now = self.clock()
+            factor = max(MIN_FACTOR, self.factor() / 2)
+            update = {"factor": factor, "since": now, "blocked_until": max(state["blocked_until"], now + retry_after_s)}
+            if self.store.cas_state(f"adaptive:{self.source}", update, version):
+                return factor
+        raise StoreError(f"adaptive rate {self.source}: too much contention")
