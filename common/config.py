@@ -10,6 +10,8 @@ from common.errors import ConfigError
 
 DEFAULT_SQLITE_PATH = "./data/etl.sqlite3"
 DEFAULT_SOURCE_B_PATH = "./data/Historical_Data.csv"
+DEFAULT_SOURCE_A_URL = "https://api.coinpaprika.com/v1/tickers"
+DEFAULT_SOURCE_C_URL = "https://api.coingecko.com/api/v3/coins/markets"
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,16 @@ class Settings:
     invocation_budget_s: float = 540.0
     lease_ttl_s: float = 120.0
     log_level: str = "INFO"
+    source_a_url: str = DEFAULT_SOURCE_A_URL
+    source_a_api_key: str | None = field(default=None, repr=False)
+    source_a_rate: str = "10/1m"
+    source_c_url: str = DEFAULT_SOURCE_C_URL
+    source_c_api_key: str | None = field(default=None, repr=False)
+    source_c_rate: str = "3/1m"
+    source_c_max_pages: int = 4
+    source_c_per_page: int = 250
+    http_timeout_s: float = 20.0
+    http_max_attempts: int = 5
 
     @property
     def store_kind(self) -> str:
@@ -42,6 +54,16 @@ class Settings:
             invocation_budget_s=reader.number("INVOCATION_BUDGET_S", 540.0, float, minimum=1),
             lease_ttl_s=reader.number("LEASE_TTL_S", 120.0, float, minimum=0.1),
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
+            source_a_url=reader.url("SOURCE_A_URL", DEFAULT_SOURCE_A_URL),
+            source_a_api_key=reader.text("SOURCE_A_API_KEY") or None,
+            source_a_rate=reader.rate("SOURCE_A_RATE", "10/1m"),
+            source_c_url=reader.url("SOURCE_C_URL", DEFAULT_SOURCE_C_URL),
+            source_c_api_key=reader.text("SOURCE_C_API_KEY") or None,
+            source_c_rate=reader.rate("SOURCE_C_RATE", "3/1m"),
+            source_c_max_pages=reader.number("SOURCE_C_MAX_PAGES", 4, int, minimum=1),
+            source_c_per_page=reader.number("SOURCE_C_PER_PAGE", 250, int, minimum=1),
+            http_timeout_s=reader.number("HTTP_TIMEOUT_S", 20.0, float, minimum=0.1),
+            http_max_attempts=reader.number("HTTP_MAX_ATTEMPTS", 5, int, minimum=1),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
@@ -54,6 +76,19 @@ class _EnvReader:
 
     def text(self, name: str) -> str:
         return self.env.get(name, "").strip()
+
+    def url(self, name: str, default: str) -> str:
+        value = self.text(name) or default
+        if not value.startswith(("http://", "https://")):
+            raise ConfigError(f"{name} must be an http(s) URL, got {value[:80]!r}")
+        return value
+
+    def rate(self, name: str, default: str) -> str:
+        from common.sources.ratelimit import parse_rate
+
+        value = self.text(name) or default
+        parse_rate(value, name)  # validated at start-up; parsed again where it is used
+        return value
 
     def number(self, name: str, default, kind, *, minimum):
         raw = self.text(name)

@@ -7,8 +7,10 @@
     ├── MethodNotAllowed          wrong HTTP method for an endpoint (405, fatal)
     ├── NotImplementedYet         a capability that has not landed yet (501, fatal)
     ├── LeaseLost                 our stage lease expired and was taken over (409, stop: the new owner goes on)
+    ├── BudgetExhausted           the invocation deadline is near: checkpoint and return `partial` (200)
     ├── SourceError               a source could not be read (502, fatal unless subclass says so)
-    │   └── SourceUnavailable     transient: connection errors, timeouts, 5xx (503, retryable)
+    │   └── SourceUnavailable     transient: connection errors, timeouts, 5xx, broken bodies (503, retryable)
+    │       └── RateLimited       the source answered 429; carries Retry-After (429, retryable)
     └── StoreError                the store failed (503, retryable)
 """
 
@@ -72,6 +74,13 @@ class LeaseLost(EtlError):
     code = "lease_lost"
 
 
+class BudgetExhausted(EtlError):
+    """Not enough of the invocation's time budget is left to go on; the next invocation resumes."""
+
+    http_status = 200
+    code = "budget_exhausted"
+
+
 class SourceError(EtlError):
     """A source could not be read or returned unusable data."""
 
@@ -93,3 +102,14 @@ class StoreError(EtlError):
     retryable = True
     http_status = 503
     code = "store_unavailable"
+
+
+class RateLimited(SourceUnavailable):
+    """The source refused with 429; `retry_after_s` says when it will take requests again."""
+
+    http_status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float, **context: object) -> None:
+        super().__init__(message, **context)
+        self.retry_after_s = retry_after_s

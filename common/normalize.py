@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import operator
 from dataclasses import dataclass, field
@@ -135,5 +136,78 @@ def normalize_csv_batch(batch: RawBatch, spec: SourceSpec, run_id: str, ingested
         records_append((
             idempotency_key(source, symbol, observed_at), source, symbol, symbol, observed_at, asset["asset_id"],
             name or None, *values, ingested_at, run_id,
+        ))
+    return out
+
+
+def _at_path(record: dict, path: tuple[str, ...]):
+    value = record
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def json_number(value, label: str, *, required: bool = False) -> float | None:
+    """A JSON number, or a numeric string; booleans, objects and non-finite values are bad rows."""
+    if value is None or value == "":
+        if required:
+            raise BadRow(f"missing {label}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadRow(f"not a number in {label}: {str(value)[:50]!r}")
+    return to_number(str(value), label, required=required)
+
+
+def normalize_json_batch(batch: RawBatch, spec: SourceSpec, run_id: str, ingested_at: str) -> Normalized:
+    """A `json` batch (one page as received): every record becomes one normalized record or one quarantine entry."""
+    out = Normalized()
+    try:
+        records = json.loads(batch.payload)
+    except ValueError as exc:
+        out.quarantine.append(quarantine_entry(batch, run_id, None, batch.payload[:2000],
+                                               f"response is not valid JSON ({exc})"))
+        return out
+    if not isinstance(records, list):
+        out.quarantine.append(quarantine_entry(batch, run_id, None, batch.payload[:2000],
+                                               f"expected a JSON array of records, got {type(records).__name__}"))
+        return out
+    paths = {f.name: tuple(f.aliases[0].split(".")) if f.aliases else (f.name,) for f in spec.fields}
+    labels = {f.name: f.aliases[0] if f.aliases else f.name for f in spec.fields}
+    numbers = [name for name in NUMBER_FIELDS if name in paths]
+    for index, record in enumerate(records, start=1):
+        try:
+            if not isinstance(record, dict):
+                raise BadRow(f"record is a {type(record).__name__}, not an object")
+            texts = {}
+            for name in ("source_id", "symbol", "name"):
+                value = _at_path(record, paths[name]) if name in paths else None
+                texts[name] = str(value).strip() if value is not None and not isinstance(value, (dict, list)) else ""
+                if not texts[name] and spec.field(name).required:
+                    raise BadRow(f"missing {labels[name]}")
+            stamp = _at_path(record, paths["observed_at"])
+            if not isinstance(stamp, str) or not stamp.strip():
+                raise BadRow(f"missing {labels['observed_at']}")
+            try:
+                observed_at = to_utc_iso(stamp.strip())
+            except ValueError:
+                raise BadRow(f"unparsable timestamp in {labels['observed_at']}: {stamp[:50]!r}") from None
+            values = {name: json_number(_at_path(record, paths[name]), labels[name], required=name == "price_usd")
+                      for name in numbers}
+        except BadRow as bad:
+            out.quarantine.append(quarantine_entry(batch, run_id, index, json.dumps(record)[:2000], str(bad)))
+            continue
+        symbol, name = texts["symbol"].upper(), texts["name"]
+        asset = out.assets.get((symbol, name))
+        if asset is None:
+            asset = out.assets[(symbol, name)] = {
+                "asset_id": make_asset_id(symbol, name), "symbol": symbol, "name": name or None,
+                "source": batch.source,
+            }
+        source_id = texts["source_id"] or symbol
+        out.records.append((
+            idempotency_key(batch.source, source_id, observed_at), batch.source, source_id, symbol, observed_at,
+            asset["asset_id"], name or None, *(values.get(name) for name in NUMBER_FIELDS), ingested_at, run_id,
         ))
     return out

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import requests
+
 from common.clock import Deadline
-from common.extract import Progress, extract_csv
-from common.runs import run_stage
-from common.sources import source_spec
+from common.extract import Progress, extract_csv, extract_http
+from common.runs import LeaseKeeper, run_stage
+from common.sources import SourceSpec, source_spec
+from common.sources.http_client import PageFetcher
+from common.sources.ratelimit import SourceLimiter, parse_rate
 from common.store import Run
 from common.transform import transform_load
 from common.wiring import Wiring
@@ -16,10 +20,20 @@ def run_extract(source: str, wiring: Wiring, progress: Progress | None = None) -
     settings, store, clock = wiring.settings, wiring.store, wiring.clock
     spec = source_spec(source, settings)
     deadline = Deadline(clock, settings.invocation_budget_s)
-    return run_stage(
-        "extract", spec.name, store, lease_ttl_s=settings.lease_ttl_s, clock=clock,
-        work=lambda run, keeper: extract_csv(spec, store, settings, run, keeper, deadline, progress),
-    )
+
+    def work(run: Run, keeper: LeaseKeeper) -> str:
+        if spec.kind == "csv":
+            return extract_csv(spec, store, settings, run, keeper, deadline, progress)
+        with requests.Session() as session:
+            return extract_http(spec, store, run, keeper, deadline, http_fetcher(spec, wiring, deadline, session))
+
+    return run_stage("extract", spec.name, store, lease_ttl_s=settings.lease_ttl_s, clock=clock, work=work)
+
+
+def http_fetcher(spec: SourceSpec, wiring: Wiring, deadline: Deadline, session: requests.Session) -> PageFetcher:
+    """A page fetcher drawing on the source's shared budget."""
+    limiter = SourceLimiter(wiring.store, spec.name, parse_rate(spec.http.rate), wiring.clock, wiring.sleep)
+    return PageFetcher(spec, session, limiter, deadline, wiring.clock, wiring.sleep)
 
 
 def run_transform(wiring: Wiring) -> Run:

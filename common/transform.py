@@ -7,7 +7,7 @@ import logging
 from common.clock import Clock, Deadline, iso_utc
 from common.config import Settings
 from common.errors import EtlError
-from common.normalize import Normalized, normalize_csv_batch, quarantine_entry
+from common.normalize import Normalized, normalize_csv_batch, normalize_json_batch, quarantine_entry
 from common.runs import LeaseKeeper
 from common.sources import source_spec
 from common.store import RawBatch, Run, Store
@@ -50,6 +50,8 @@ def _normalize(batch: RawBatch, settings: Settings, run_id: str, ingested_at: st
         spec = source_spec(batch.source, settings)
         if batch.format == "csv_lines":
             return normalize_csv_batch(batch, spec, run_id, ingested_at)
+        if batch.format == "json":
+            return normalize_json_batch(batch, spec, run_id, ingested_at)
         raise EtlError(f"unsupported raw batch format {batch.format!r}")
     except EtlError as exc:
         reason = f"whole batch rejected: {exc.message}"

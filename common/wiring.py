@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from common.clock import Clock, system_clock
 from common.config import Settings
@@ -15,6 +17,7 @@ class Wiring:
     settings: Settings
     store: Store
     clock: Clock = system_clock
+    sleep: Callable[[float], None] = time.sleep
 
 
 def build_store(settings: Settings, clock: Clock = system_clock) -> Store:

@@ -16,8 +16,8 @@ from typing import Iterable
 
 import requests
 
-EXTRACTS = ("extract_source_b",)
-"""Extract stages the trigger runs; A and C join when their issue lands."""
+EXTRACTS = ("extract_source_a", "extract_source_b", "extract_source_c")
+"""Extract stages the trigger runs, in order, before transform_load."""
 STAGES = (*EXTRACTS, "transform_load")
 
 
@@ -31,7 +31,7 @@ class Endpoints:
 
     @classmethod
     def from_env(cls, base_url: str, base_port: int) -> "Endpoints":
-        derived = {name: f"{base_url}:{base_port + 2 + i}" for i, name in enumerate(EXTRACTS)}
+        derived = {name: f"{base_url}:{base_port + 1 + i}" for i, name in enumerate(EXTRACTS)}  # as run_local
         derived["transform_load"] = f"{base_url}:{base_port + 4}"
         return cls({name: os.environ.get(f"{name.upper()}_URL", derived[name]) for name in STAGES})
 

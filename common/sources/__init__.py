@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.config import Settings
 from common.errors import InputError, SourceError
@@ -23,11 +23,29 @@ class Field:
 
 
 @dataclass(frozen=True)
+class HttpSpec:
+    """How to fetch an `http_json` source: query, auth, budget, pagination."""
+
+    params: tuple[tuple[str, str], ...] = ()
+    auth_header: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    key_setting: str | None = None  # the env var to name when the source answers 401/403
+    rate: str = "10/1m"
+    page_param: str | None = None  # page-number pagination when set
+    per_page: int | None = None
+    max_pages: int = 1
+    record_path: tuple[str, ...] = ()  # where the record array sits in the response ((): the body itself)
+    timeout_s: float = 20.0
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
 class SourceSpec:
     name: str
     kind: str  # "csv" | "http_json"
     location: str
     fields: tuple[Field, ...]
+    http: HttpSpec | None = None
 
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
@@ -46,13 +64,47 @@ CSV_HISTORY_FIELDS = (
 )
 
 
+COINPAPRIKA_TICKER_FIELDS = (
+    Field("source_id", "text", required=True, key=True, aliases=("id",)),
+    Field("symbol", "text", required=True, key=True, aliases=("symbol",)),
+    Field("name", "text", aliases=("name",)),
+    Field("observed_at", "timestamp", required=True, key=True, aliases=("last_updated",)),
+    Field("price_usd", "number", required=True, aliases=("quotes.USD.price",)),
+    Field("volume_24h_usd", "number", aliases=("quotes.USD.volume_24h",)),
+    Field("market_cap_usd", "number", aliases=("quotes.USD.market_cap",)),
+)
+
+COINGECKO_MARKET_FIELDS = (
+    Field("source_id", "text", required=True, key=True, aliases=("id",)),
+    Field("symbol", "text", required=True, key=True, aliases=("symbol",)),
+    Field("name", "text", aliases=("name",)),
+    Field("observed_at", "timestamp", required=True, key=True, aliases=("last_updated",)),
+    Field("price_usd", "number", required=True, aliases=("current_price",)),
+    Field("high_usd", "number", aliases=("high_24h",)),
+    Field("low_usd", "number", aliases=("low_24h",)),
+    Field("volume_24h_usd", "number", aliases=("total_volume",)),
+    Field("market_cap_usd", "number", aliases=("market_cap",)),
+)
+
+
 def source_spec(name: str, settings: Settings) -> SourceSpec:
-    """The declaration of source `name` (`source_b` or its short form `b`)."""
+    """The declaration of source `name` (`source_a`, `source_b`, `source_c` or the short forms `a`, `b`, `c`)."""
     name = SHORT_NAMES.get(name, name)
+    if name == "source_a":
+        return SourceSpec("source_a", "http_json", settings.source_a_url, COINPAPRIKA_TICKER_FIELDS, HttpSpec(
+            auth_header="Authorization", api_key=settings.source_a_api_key, key_setting="SOURCE_A_API_KEY",
+            rate=settings.source_a_rate, timeout_s=settings.http_timeout_s, max_attempts=settings.http_max_attempts,
+        ))
     if name == "source_b":
         return SourceSpec("source_b", "csv", settings.source_b_path, CSV_HISTORY_FIELDS)
-    if name in SOURCE_NAMES:
-        raise NotImplementedError(f"{name} is not implemented yet")
+    if name == "source_c":
+        return SourceSpec("source_c", "http_json", settings.source_c_url, COINGECKO_MARKET_FIELDS, HttpSpec(
+            params=(("vs_currency", "usd"), ("order", "market_cap_desc")),
+            auth_header="x-cg-demo-api-key", api_key=settings.source_c_api_key, key_setting="SOURCE_C_API_KEY",
+            rate=settings.source_c_rate, page_param="page", per_page=settings.source_c_per_page,
+            max_pages=settings.source_c_max_pages, timeout_s=settings.http_timeout_s,
+            max_attempts=settings.http_max_attempts,
+        ))
     raise InputError(f"unknown source {name!r}; expected one of: {', '.join(SOURCE_NAMES)}")
 
 

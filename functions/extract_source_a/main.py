@@ -1,14 +1,11 @@
-"""HTTP handler: extract Source A. Answers 501 until its source declaration lands."""
+"""HTTP handler: extract Source A (CoinPaprika tickers) into raw batches, within the shared rate limit."""
 
 import functions_framework
 
-from common.errors import NotImplementedYet
-from common.http import error_response, request_id_of
+from common.http import stage_response
+from common.pipeline import run_extract
 
 
 @functions_framework.http
 def extract_source_a(request):
-    return error_response(
-        NotImplementedYet("source_a extraction is not implemented yet; only source_b (CSV) is available"),
-        request_id_of(request),
-    )
+    return stage_response(request, lambda wiring: run_extract("source_a", wiring))

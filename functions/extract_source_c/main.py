@@ -1,14 +1,11 @@
-"""HTTP handler: extract Source C. Answers 501 until its source declaration lands."""
+"""HTTP handler: extract Source C (CoinGecko markets, paged) into raw batches, within the shared rate limit."""
 
 import functions_framework
 
-from common.errors import NotImplementedYet
-from common.http import error_response, request_id_of
+from common.http import stage_response
+from common.pipeline import run_extract
 
 
 @functions_framework.http
 def extract_source_c(request):
-    return error_response(
-        NotImplementedYet("source_c extraction is not implemented yet; only source_b (CSV) is available"),
-        request_id_of(request),
-    )
+    return stage_response(request, lambda wiring: run_extract("source_c", wiring))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functions_framework
 import pytest
+import responses
 
 from tests.conftest import ROOT, csv_lines, write_csv
 
@@ -58,11 +59,28 @@ def test_stage_functions_only_accept_post(env):
     assert response.get_json()["error"]["code"] == "method_not_allowed"
 
 
-@pytest.mark.parametrize("name", ["extract_source_a", "extract_source_c"])
-def test_sources_a_and_c_answer_501_until_they_land(env, name):
-    response = client(name).post("/")
-    assert response.status_code == 501
-    assert response.get_json()["error"]["code"] == "not_implemented"
+@responses.activate
+def test_source_c_extracts_pages_and_source_a_reports_a_bad_key(env, monkeypatch):
+    monkeypatch.setenv("SOURCE_C_URL", "https://c.example/api/v3/coins/markets")
+    monkeypatch.setenv("SOURCE_C_PER_PAGE", "2")
+    monkeypatch.setenv("SOURCE_A_URL", "https://a.example/v1/tickers")
+    monkeypatch.setenv("SOURCE_A_API_KEY", "wrong-key")
+    coin = {"id": "bitcoin", "symbol": "btc", "name": "Bitcoin", "current_price": 1.5,
+            "last_updated": "2025-10-10T14:25:20.000Z"}
+    responses.get("https://c.example/api/v3/coins/markets", json=[coin, {**coin, "id": "b2", "symbol": "b2"}])
+    responses.get("https://c.example/api/v3/coins/markets", json=[])
+    responses.get("https://a.example/v1/tickers", status=401, json={"error": "invalid api key"})
+
+    c = client("extract_source_c").post("/")
+    assert c.status_code == 200
+    run = c.get_json()["run"]
+    assert (run["status"], run["rows_in"], run["summary"]["pages"]) == ("succeeded", 2, 2)
+    assert responses.calls[0].request.params["page"] == "1" and responses.calls[1].request.params["page"] == "2"
+
+    a = client("extract_source_a").post("/")
+    assert a.status_code == 500
+    assert a.get_json()["run"]["summary"]["errors"] == ["source_a: 401 — check SOURCE_A_API_KEY"]
+    assert "wrong-key" not in a.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("query, message", [

@@ -62,7 +62,16 @@ def test_etl_run_prints_a_json_summary_and_exits_by_outcome(tmp_path, monkeypatc
     assert summary["runs"][1]["rows_out"] == 12
 
 
-def test_etl_run_rejects_a_source_that_has_not_landed(tmp_path, monkeypatch, capsys):
+def test_etl_run_reports_an_unreachable_source_as_a_failed_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "etl.sqlite3"))
-    assert main(["run", "--source", "a", "--stage", "extract"]) == 2
-    assert "not implemented" in capsys.readouterr().err
+    monkeypatch.setenv("SOURCE_A_URL", "http://127.0.0.1:9/v1/tickers")  # discard port: nothing listens
+    monkeypatch.setenv("HTTP_MAX_ATTEMPTS", "1")
+    assert main(["run", "--source", "a", "--stage", "extract"]) == 1
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert run["status"] == "failed" and "source_a: cannot connect" in run["summary"]["errors"][0]
+
+
+@pytest.mark.parametrize("value", ["10", "10/", "ten/1m", "0/1m", "5/0s", "5/2d", "5/2 minutes"])
+def test_bad_rate_strings_are_rejected_at_start_up(value):
+    with pytest.raises(ConfigError, match="SOURCE_C_RATE must look like"):
+        Settings.from_env({"SOURCE_C_RATE": value})

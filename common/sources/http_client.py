@@ -1,0 +1,169 @@
+"""Fetch one page of an `http_json` source: shared rate limit, retries with backoff, 429 + Retry-After.
+
+Retryable (tenacity, exponential backoff with jitter, bounded attempts): connection errors, timeouts, 5xx,
+bodies that are not JSON or are cut short, and 429 (which waits Retry-After and halves the source's rate for
+every process). Other 4xx fail fast. Every wait and retry is counted in the run summary.
+"""
+
+from __future__ import annotations
+
+import json
+from email.utils import parsedate_to_datetime
+from typing import Callable
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from common.clock import Clock, Deadline
+from common.errors import BudgetExhausted, RateLimited, SourceError, SourceUnavailable
+from common.sources import SourceSpec
+from common.sources.ratelimit import SourceLimiter, WindowFull
+
+MAX_EVENTS = 200
+USER_AGENT = "crypto-etl/0.1 (+https://github.com/)"
+
+
+def retry_after_seconds(value: str | None, clock: Clock, default: float) -> float:
+    """Retry-After as delta-seconds or an HTTP date; `default` when absent or unreadable."""
+    if not value:
+        return default
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - clock())
+    except (TypeError, ValueError):
+        return default
+
+
+class HttpStats:
+    """What the fetcher did, for the run summary."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.retries = 0
+        self.statuses: dict[str, int] = {}
+        self.waited_s = {"rate_limit": 0.0, "retry_after": 0.0, "backoff": 0.0}
+        self.events: list[dict] = []
+
+    def event(self, **fields) -> None:
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(fields)
+
+    def to_dict(self) -> dict:
+        return {"requests": self.requests, "retries": self.retries, "statuses": self.statuses,
+                "waited_s": {k: round(v, 3) for k, v in self.waited_s.items()}, "events": self.events}
+
+
+class PageFetcher:
+    """GETs pages of one source within one invocation's deadline."""
+
+    def __init__(self, spec: SourceSpec, session: requests.Session, limiter: SourceLimiter, deadline: Deadline,
+                 clock: Clock, sleep: Callable[[float], None]) -> None:
+        assert spec.http is not None
+        self.spec, self.http, self.session, self.limiter = spec, spec.http, session, limiter
+        self.deadline, self.clock, self.sleep = deadline, clock, sleep
+        self.stats = HttpStats()
+
+    def fetch(self, page: int | None) -> tuple[str, list]:
+        """The page's body as received and its records; raises BudgetExhausted, SourceError (fatal) or
+        SourceUnavailable (retries exhausted)."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(SourceUnavailable),
+            wait=self._wait,
+            stop=stop_after_attempt(self.http.max_attempts) | self._past_deadline,
+            sleep=self._sleep,
+            before_sleep=lambda state: self._note_retry(state, page),
+            reraise=True,
+        )
+        return retrying(self._attempt, page)
+
+    # --- one attempt ------------------------------------------------------------------------------
+    def _attempt(self, page: int | None) -> tuple[str, list]:
+        try:
+            self.stats.waited_s["rate_limit"] += self.limiter.acquire(self.deadline)
+        except WindowFull as full:
+            raise BudgetExhausted(f"{self.spec.name}: {full}") from None
+        params = dict(self.http.params)
+        if self.http.page_param:
+            params[self.http.page_param] = str(page)
+            params["per_page"] = str(self.http.per_page)
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if self.http.auth_header and self.http.api_key:
+            headers[self.http.auth_header] = self.http.api_key
+        timeout = max(0.1, min(self.http.timeout_s, self.deadline.remaining() - self.deadline.margin_s))
+        self.stats.requests += 1
+        try:
+            response = self.session.get(self.spec.location, params=params, headers=headers, timeout=timeout)
+        except requests.Timeout:
+            raise SourceUnavailable(f"{self.spec.name}: timed out after {timeout:.0f}s", page=page) from None
+        except requests.exceptions.SSLError as exc:
+            raise SourceError(f"{self.spec.name}: TLS error: {exc}", page=page) from None
+        except requests.ConnectionError as exc:
+            raise SourceUnavailable(f"{self.spec.name}: cannot connect: {_short(exc)}", page=page) from None
+        except requests.RequestException as exc:
+            raise SourceError(f"{self.spec.name}: request failed: {_short(exc)}", page=page) from None
+        status = response.status_code
+        self.stats.statuses[str(status)] = self.stats.statuses.get(str(status), 0) + 1
+        if status == 429:
+            spacing = self.limiter.rate.interval_ms / 1000 / self.limiter.rate.limit
+            wait = retry_after_seconds(response.headers.get("Retry-After"), self.clock, default=spacing)
+            factor = self.limiter.penalize(wait)
+            raise RateLimited(f"{self.spec.name}: 429 Too Many Requests (Retry-After {wait:.1f}s; rate now "
+                              f"{factor:.0%} of {self.limiter.rate})", retry_after_s=wait, page=page)
+        if status >= 500:
+            raise SourceUnavailable(f"{self.spec.name}: HTTP {status}", page=page, status=status)
+        if status in (401, 403):
+            raise SourceError(f"{self.spec.name}: {status} — check {self.http.key_setting}", page=page, status=status)
+        if status >= 400:
+            raise SourceError(f"{self.spec.name}: HTTP {status} from {self.spec.location}: {response.text[:200]}",
+                              page=page, status=status)
+        return self._records(response.text, page)
+
+    def _records(self, body: str, page: int | None) -> tuple[str, list]:
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise MalformedBody(f"{self.spec.name}: response is not valid JSON ({exc})", body=body, page=page) from None
+        records = document
+        for key in self.http.record_path:
+            records = records.get(key) if isinstance(records, dict) else None
+        if not isinstance(records, list):
+            raise SourceError(f"{self.spec.name}: expected a JSON array of records, got {type(records).__name__}",
+                              page=page)
+        return body, records
+
+    # --- tenacity hooks -----------------------------------------------------------------------------
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RateLimited):
+            return error.retry_after_s
+        return wait_random_exponential(multiplier=0.5, max=30)(state)
+
+    def _past_deadline(self, state: RetryCallState) -> bool:
+        if state.upcoming_sleep > self.deadline.remaining() - self.deadline.margin_s:
+            raise BudgetExhausted(f"{self.spec.name}: the next retry (in {state.upcoming_sleep:.1f}s) is past the "
+                                  f"invocation deadline; resuming next invocation")
+        return False
+
+    def _sleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+    def _note_retry(self, state: RetryCallState, page: int | None) -> None:
+        error = state.outcome.exception()
+        kind = "retry_after" if isinstance(error, RateLimited) else "backoff"
+        self.stats.retries += 1
+        self.stats.waited_s[kind] += state.upcoming_sleep
+        self.stats.event(page=page, attempt=state.attempt_number, error=str(error), wait_s=round(state.upcoming_sleep, 3))
+
+
+class MalformedBody(SourceUnavailable):
+    """A 2xx whose body is not JSON (or was cut short); retried, then recorded as a failed page."""
+
+    def __init__(self, message: str, body: str, **context: object) -> None:
+        super().__init__(message, **context)
+        self.body = body
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).split(": ", 1)[-1][:200]
