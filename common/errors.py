@@ -5,7 +5,6 @@
     ├── InputError                a caller sent something invalid (400, fatal)
     ├── NotFound                  a requested resource does not exist (404, fatal)
     ├── MethodNotAllowed          wrong HTTP method for an endpoint (405, fatal)
-    ├── NotImplementedYet         a capability that has not landed yet (501, fatal)
     ├── LeaseLost                 our stage lease expired and was taken over (409, stop: the new owner goes on)
     ├── BudgetExhausted           the invocation deadline is near: checkpoint and return `partial` (200)
     ├── SourceError               a source could not be read (502, fatal unless subclass says so)
@@ -58,13 +57,6 @@ class MethodNotAllowed(EtlError):
 
     http_status = 405
     code = "method_not_allowed"
-
-
-class NotImplementedYet(EtlError):
-    """The requested capability has not landed yet."""
-
-    http_status = 501
-    code = "not_implemented"
 
 
 class LeaseLost(EtlError):

@@ -9,7 +9,7 @@ from typing import Callable
 
 import flask
 
-from common.errors import EtlError, MethodNotAllowed, NotImplementedYet
+from common.errors import EtlError, MethodNotAllowed
 from common.store import Run
 from common.wiring import Wiring, get_wiring
 
@@ -41,8 +41,6 @@ def stage_response(request: flask.Request, action: Callable[[Wiring], Run]) -> f
         run = action(get_wiring())
     except EtlError as exc:
         return error_response(exc, request_id)
-    except NotImplementedError as exc:
-        return error_response(NotImplementedYet(str(exc)), request_id)
     response = flask.jsonify({"run": run.to_dict()})
     response.status_code = STATUS_CODES[run.status]
     response.headers.update({"X-Request-ID": request_id, "X-Run-ID": run.run_id})
