@@ -4,10 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install bench data clean
+.PHONY: run demo test install bench data clean
 
 run: install ## set up and run the whole stack on the embedded SQLite store (Ctrl-C stops it)
 	$(PY) -m local.run_local
+
+demo: install ## like run, but sources A and C come from the local emulator (offline)
+	$(PY) -m local.run_local --emulator
 
 test: install ## the whole test suite
 	$(PY) -m pytest -q

@@ -17,6 +17,7 @@ from pathlib import Path
 from local.trigger import STAGES, Endpoints, run_pipeline, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO_RATES = {"a": "10/10s", "c": "6/10s"}
 FUNCTIONS = ("http_api", "extract_source_a", "extract_source_b", "extract_source_c", "transform_load")
 
 
@@ -58,9 +59,23 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--every", type=float, default=3600.0, help="seconds between pipeline runs")
     parser.add_argument("--once", action="store_true", help="run the pipeline once, then stop everything")
+    parser.add_argument("--emulator", action="store_true",
+                        help="serve sources A and C from the local emulator (offline demo, limits scaled to 10 s)")
     args = parser.parse_args()
 
-    processes, urls = start_functions(args.host, args.port, dict(os.environ))
+    env = dict(os.environ)
+    processes: list[subprocess.Popen] = []
+    if args.emulator:
+        emulator_port = args.port + 10
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "local.emulator", "--host", args.host, "--port", str(emulator_port),
+             "--rate-a", DEMO_RATES["a"], "--rate-c", DEMO_RATES["c"], "--snapshot-every", "60"], cwd=ROOT))
+        base = f"http://{args.host}:{emulator_port}"
+        env.update(SOURCE_A_URL=f"{base}/v1/tickers", SOURCE_C_URL=f"{base}/api/v3/coins/markets",
+                   SOURCE_A_RATE=DEMO_RATES["a"], SOURCE_C_RATE=DEMO_RATES["c"])
+        print(f"emulator:  {base}/v1/tickers  {base}/api/v3/coins/markets  {base}/_control/log", flush=True)
+    started, urls = start_functions(args.host, args.port, env)
+    processes += started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         wait_until_up(urls.values(), timeout_s=60)
