@@ -141,6 +141,13 @@ class Store(ABC):
     @abstractmethod
     def count_raw_batches(self, source: str | None = None, pending_only: bool = False) -> int: ...
 
+    @abstractmethod
+    def get_raw_batch(self, batch_id: str) -> RawBatch | None: ...
+
+    @abstractmethod
+    def requeue_raw_batch(self, batch_id: str) -> bool:
+        """Make a batch pending again (version bumped) so the next transform re-reads it; False if unknown."""
+
     # --- transform output -------------------------------------------------------------------------------
     @abstractmethod
     def commit_transformed(
@@ -165,10 +172,16 @@ class Store(ABC):
         """Master assets with the sources that reported them, ordered by asset_id."""
 
     @abstractmethod
-    def list_quarantine(self, source: str | None = None, limit: int = 100, offset: int = 0) -> list[dict]: ...
+    def list_quarantine(self, source: str | None = None, limit: int = 100, offset: int = 0,
+                        unresolved_only: bool = False) -> list[dict]:
+        """Entries (id, source, run_id, batch_id, row_number, raw, reason, created_at, resolved_at, resolved_by)."""
 
     @abstractmethod
-    def count_quarantine(self, source: str | None = None) -> int: ...
+    def count_quarantine(self, source: str | None = None, unresolved_only: bool = False) -> int: ...
+
+    @abstractmethod
+    def resolve_quarantine(self, ids: Sequence[str], run_id: str) -> int:
+        """Mark entries as loaded by a replay run; returns how many were still unresolved."""
 
     # --- run ledger -------------------------------------------------------------------------------------
     @abstractmethod

@@ -28,7 +28,8 @@ _REAL_FIELDS = frozenset({"price_usd", "open_usd", "high_usd", "low_usd", "marke
 _VALUE_FIELDS = tuple(
     f for f in NORMALIZED_FIELDS if f not in FIRST_SEEN_FIELDS and f not in _KEY_FIELDS and f != "idempotency_key"
 )
-_QUARANTINE_FIELDS = ("id", "source", "run_id", "batch_id", "row_number", "raw", "reason", "created_at")
+_QUARANTINE_FIELDS = ("id", "source", "run_id", "batch_id", "row_number", "raw", "reason", "created_at",
+                      "resolved_at", "resolved_by")
 _INDEXES = (  # (collection, keys, unique); created idempotently on first use
     ("normalized", ("source", "source_id", "observed_at"), True),
     ("normalized", ("symbol", "observed_at"), False),
@@ -208,15 +209,18 @@ class MongoStore(Store):
     def pending_raw_batches(self, limit: int, source: str | None = None) -> list[RawBatch]:
         where = {"status": "pending", **({"source": source} if source else {})}
         docs = _limited(self._database().raw_batches.find(where).sort("seq", ASCENDING), limit)
-        return [
-            RawBatch(
-                batch_id=d["_id"], source=d["source"], run_id=d["run_id"], format=d["format"], payload=d["payload"],
-                row_count=d["row_count"], first_row=d["first_row"], header=json.loads(d["header"]),
-                rejects=json.loads(d["rejects"]), position=json.loads(d["position"]), version=d["version"],
-                created_at=d["created_at"],
-            )
-            for d in docs
-        ]
+        return [_batch(d) for d in docs]
+
+    @_translated
+    def get_raw_batch(self, batch_id: str) -> RawBatch | None:
+        doc = self._database().raw_batches.find_one({"_id": batch_id})
+        return _batch(doc) if doc else None
+
+    @_translated
+    def requeue_raw_batch(self, batch_id: str) -> bool:
+        result = self._database().raw_batches.update_one(
+            {"_id": batch_id}, {"$set": {"status": "pending"}, "$inc": {"version": 1}})
+        return result.matched_count == 1
 
     @_translated
     def count_raw_batches(self, source: str | None = None, pending_only: bool = False) -> int:
@@ -295,9 +299,14 @@ class MongoStore(Store):
             for d in self._database().assets.find().sort("_id", ASCENDING)
         ]
 
+    @staticmethod
+    def _quarantine_filter(source: str | None, unresolved_only: bool) -> dict:
+        return {**({"source": source} if source else {}), **({"resolved_at": None} if unresolved_only else {})}
+
     @_translated
-    def list_quarantine(self, source: str | None = None, limit: int = 100, offset: int = 0) -> list[dict]:
-        cursor = self._database().quarantine.find({"source": source} if source else {}).sort(
+    def list_quarantine(self, source: str | None = None, limit: int = 100, offset: int = 0,
+                        unresolved_only: bool = False) -> list[dict]:
+        cursor = self._database().quarantine.find(self._quarantine_filter(source, unresolved_only)).sort(
             [("created_at", ASCENDING), ("batch_id", ASCENDING), ("row_number", ASCENDING)]
         )
         return [
@@ -306,8 +315,18 @@ class MongoStore(Store):
         ]
 
     @_translated
-    def count_quarantine(self, source: str | None = None) -> int:
-        return self._database().quarantine.count_documents({"source": source} if source else {})
+    def count_quarantine(self, source: str | None = None, unresolved_only: bool = False) -> int:
+        return self._database().quarantine.count_documents(self._quarantine_filter(source, unresolved_only))
+
+    @_translated
+    def resolve_quarantine(self, ids: Sequence[str], run_id: str) -> int:
+        if not ids:
+            return 0
+        result = self._database().quarantine.update_many(
+            {"_id": {"$in": list(ids)}, "resolved_at": None},
+            {"$set": {"resolved_at": iso_utc(self.clock()), "resolved_by": run_id}},
+        )
+        return result.modified_count
 
     # --- run ledger ------------------------------------------------------------------------------------------------
     @_translated
@@ -353,3 +372,12 @@ def _merged_records(records: Sequence[tuple]) -> list[dict]:
             doc.update({name: first[name] for name in FIRST_SEEN_FIELDS}, idempotency_key=first["idempotency_key"])
         merged[key] = doc
     return list(merged.values())
+
+
+def _batch(doc: dict) -> RawBatch:
+    return RawBatch(
+        batch_id=doc["_id"], source=doc["source"], run_id=doc["run_id"], format=doc["format"], payload=doc["payload"],
+        row_count=doc["row_count"], first_row=doc["first_row"], header=json.loads(doc["header"]),
+        rejects=json.loads(doc["rejects"]), position=json.loads(doc["position"]), version=doc["version"],
+        created_at=doc["created_at"],
+    )

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS asset_sources (
     asset_id TEXT NOT NULL, source TEXT NOT NULL, PRIMARY KEY (asset_id, source)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantine (
     id TEXT PRIMARY KEY, source TEXT NOT NULL, run_id TEXT NOT NULL, batch_id TEXT, row_number INTEGER,
-    raw TEXT, reason TEXT NOT NULL, created_at TEXT NOT NULL);
+    raw TEXT, reason TEXT NOT NULL, created_at TEXT NOT NULL, resolved_at TEXT, resolved_by TEXT);
 CREATE INDEX IF NOT EXISTS quarantine_source ON quarantine (source, created_at);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, stage TEXT NOT NULL, source TEXT, status TEXT NOT NULL, started_at TEXT NOT NULL,
@@ -208,14 +208,17 @@ class SqliteStore(Store):
         rows = self._read(
             f"SELECT {_BATCH_COLUMNS} FROM raw_batches WHERE {where} ORDER BY seq LIMIT ?", (*params, limit)
         )
-        return [
-            RawBatch(
-                batch_id=r[0], source=r[1], run_id=r[2], format=r[3], payload=r[4], row_count=r[5],
-                first_row=r[6], header=json.loads(r[7]) if r[7] is not None else None,
-                rejects=json.loads(r[8]), position=json.loads(r[9]), version=r[10], created_at=r[12],
-            )
-            for r in rows
-        ]
+        return [_batch(r) for r in rows]
+
+    def get_raw_batch(self, batch_id: str) -> RawBatch | None:
+        rows = self._read(f"SELECT {_BATCH_COLUMNS} FROM raw_batches WHERE batch_id = ?", (batch_id,))
+        return _batch(rows[0]) if rows else None
+
+    def requeue_raw_batch(self, batch_id: str) -> bool:
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE raw_batches SET status = 'pending', version = version + 1 WHERE batch_id = ?", (batch_id,)
+            ).rowcount == 1
 
     def count_raw_batches(self, source: str | None = None, pending_only: bool = False) -> int:
         clauses, params = [], []
@@ -292,19 +295,39 @@ class SqliteStore(Store):
             for r in rows
         ]
 
-    def list_quarantine(self, source: str | None = None, limit: int = 100, offset: int = 0) -> list[dict]:
-        where, params = ("WHERE source = ?", [source]) if source else ("", [])
+    @staticmethod
+    def _quarantine_where(source: str | None, unresolved_only: bool) -> tuple[str, list]:
+        clauses, params = [], []
+        if source:
+            clauses.append("source = ?")
+            params.append(source)
+        if unresolved_only:
+            clauses.append("resolved_at IS NULL")
+        return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+    def list_quarantine(self, source: str | None = None, limit: int = 100, offset: int = 0,
+                        unresolved_only: bool = False) -> list[dict]:
+        where, params = self._quarantine_where(source, unresolved_only)
+        keys = ("id", "source", "run_id", "batch_id", "row_number", "raw", "reason", "created_at", "resolved_at",
+                "resolved_by")
         rows = self._read(
-            "SELECT id, source, run_id, batch_id, row_number, raw, reason, created_at FROM quarantine "
-            f"{where} ORDER BY created_at, batch_id, row_number LIMIT ? OFFSET ?",
-            (*params, limit, offset),
+            f"SELECT {', '.join(keys)} FROM quarantine {where} ORDER BY created_at, batch_id, row_number "
+            "LIMIT ? OFFSET ?", (*params, limit, offset),
         )
-        keys = ("id", "source", "run_id", "batch_id", "row_number", "raw", "reason", "created_at")
         return [dict(zip(keys, r)) for r in rows]
 
-    def count_quarantine(self, source: str | None = None) -> int:
-        where, params = ("WHERE source = ?", [source]) if source else ("", [])
+    def count_quarantine(self, source: str | None = None, unresolved_only: bool = False) -> int:
+        where, params = self._quarantine_where(source, unresolved_only)
         return self._read(f"SELECT COUNT(*) FROM quarantine {where}", params)[0][0]
+
+    def resolve_quarantine(self, ids: Sequence[str], run_id: str) -> int:
+        now = iso_utc(self.clock())
+        with self._write() as conn:
+            return sum(
+                conn.execute("UPDATE quarantine SET resolved_at = ?, resolved_by = ? WHERE id = ? AND resolved_at IS NULL",
+                             (now, run_id, entry_id)).rowcount
+                for entry_id in ids
+            )
 
     # --- run ledger ------------------------------------------------------------------------------------------------
     def save_run(self, run: Run) -> None:
@@ -340,3 +363,11 @@ class SqliteStore(Store):
             f"SELECT doc FROM runs WHERE {' AND '.join(clauses)} ORDER BY started_at DESC, run_id DESC LIMIT 1", params
         )
         return Run(**json.loads(rows[0][0])) if rows else None
+
+
+def _batch(row: tuple) -> RawBatch:
+    return RawBatch(
+        batch_id=row[0], source=row[1], run_id=row[2], format=row[3], payload=row[4], row_count=row[5],
+        first_row=row[6], header=json.loads(row[7]) if row[7] is not None else None,
+        rejects=json.loads(row[8]), position=json.loads(row[9]), version=row[10], created_at=row[12],
+    )

@@ -23,7 +23,8 @@ from common.store.mongo import MongoStore
 from common.store.sqlite import SqliteStore
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-QUARANTINE_KEYS = ["id", "source", "run_id", "batch_id", "row_number", "raw", "reason", "created_at"]
+QUARANTINE_KEYS = ["id", "source", "run_id", "batch_id", "row_number", "raw", "reason", "created_at", "resolved_at",
+                   "resolved_by"]
 ASSET_KEYS = ["asset_id", "symbol", "name", "first_seen_at", "updated_at", "sources"]
 UNREACHABLE_MONGO = "mongodb://127.0.0.1:1/contract?serverSelectionTimeoutMS=50&connectTimeoutMS=50"
 
@@ -198,6 +199,30 @@ class StoreContract(ABC):
         assert store.get_checkpoint("extract:b") == {"offset": 7}
 
     # --- raw batches -------------------------------------------------------------------------------------------
+    def test_get_and_requeue_a_raw_batch(self, store):
+        store.put_raw_batch(batch(header=["A"]))
+        [pending] = store.pending_raw_batches(10)
+        store.commit_transformed(pending, [], [], [])
+        assert store.get_raw_batch("a:0").header == ["A"] and store.get_raw_batch("nope") is None
+        assert store.requeue_raw_batch("a:0") and not store.requeue_raw_batch("nope")
+        [again] = store.pending_raw_batches(10)
+        assert again.version == pending.version + 1
+        store.commit_transformed(pending, [], [], [])  # the old version's commit does not close the requeued batch
+        assert store.count_raw_batches(pending_only=True) == 1
+
+    def test_quarantine_entries_resolve_once(self, store):
+        entries = [{"id": f"q{i}", "source": "a", "run_id": "r", "reason": "bad"} for i in range(3)]
+        store.put_raw_batch(batch())
+        store.commit_transformed(store.pending_raw_batches(1)[0], [], entries, [])
+        assert store.count_quarantine(unresolved_only=True) == 3
+        assert store.resolve_quarantine(["q0", "q2", "missing"], "replay-1") == 2
+        assert store.resolve_quarantine(["q0"], "replay-2") == 0
+        [open_entry] = store.list_quarantine(unresolved_only=True)
+        assert open_entry["id"] == "q1" and open_entry["resolved_at"] is None
+        resolved = {e["id"]: e["resolved_by"] for e in store.list_quarantine() if e["resolved_at"]}
+        assert resolved == {"q0": "replay-1", "q2": "replay-1"}
+        assert store.count_quarantine("a", unresolved_only=True) == 1 and store.count_quarantine("a") == 3
+
     def test_absent_state_is_none_at_version_zero(self, store):
         assert store.get_state("limiter:a") == (None, 0)
 
@@ -390,9 +415,9 @@ class StoreContract(ABC):
         entries = store.list_quarantine()
         assert entries == [
             {"id": "q2", "source": "a", "run_id": "run-1", "batch_id": None, "row_number": None, "raw": None,
-             "reason": "missing price", "created_at": now},
+             "reason": "missing price", "created_at": now, "resolved_at": None, "resolved_by": None},
             {"id": "q1", "source": "a", "run_id": "run-1", "batch_id": "a:0", "row_number": 2, "raw": "x,y",
-             "reason": "missing price", "created_at": now},
+             "reason": "missing price", "created_at": now, "resolved_at": None, "resolved_by": None},
         ]
         assert all(list(entry) == QUARANTINE_KEYS for entry in entries)
 
