@@ -36,6 +36,13 @@ class Settings:
     source_c_per_page: int = 250
     http_timeout_s: float = 20.0
     http_max_attempts: int = 5
+    drift_threshold: float = 0.8
+    field_aliases: str = ""  # JSON, see common.drift.mapping.parse_field_aliases
+
+    def aliases_for(self, source: str) -> dict[str, list[str]]:
+        from common.drift.mapping import parse_field_aliases
+
+        return parse_field_aliases(self.field_aliases).get(source, {})
 
     @property
     def store_kind(self) -> str:
@@ -64,7 +71,11 @@ class Settings:
             source_c_per_page=reader.number("SOURCE_C_PER_PAGE", 250, int, minimum=1),
             http_timeout_s=reader.number("HTTP_TIMEOUT_S", 20.0, float, minimum=0.1),
             http_max_attempts=reader.number("HTTP_MAX_ATTEMPTS", 5, int, minimum=1),
+            drift_threshold=reader.number("DRIFT_THRESHOLD", 0.8, float, minimum=0.0),
+            field_aliases=reader.aliases("FIELD_ALIASES"),
         )
+        if settings.drift_threshold > 1:
+            raise ConfigError(f"DRIFT_THRESHOLD must be between 0 and 1, got {settings.drift_threshold}")
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
         return settings
@@ -81,6 +92,13 @@ class _EnvReader:
         value = self.text(name) or default
         if not value.startswith(("http://", "https://")):
             raise ConfigError(f"{name} must be an http(s) URL, got {value[:80]!r}")
+        return value
+
+    def aliases(self, name: str) -> str:
+        from common.drift.mapping import parse_field_aliases
+
+        value = self.text(name)
+        parse_field_aliases(value)  # validated at start-up
         return value
 
     def rate(self, name: str, default: str) -> str:

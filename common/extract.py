@@ -9,7 +9,9 @@ from common.config import Settings
 from common.errors import BudgetExhausted, SourceUnavailable
 from common.ids import short_hash
 from common.runs import LeaseKeeper
-from common.sources import SourceSpec, resolve_header
+from common.drift.mapping import FieldMapper
+from common.errors import SourceError
+from common.sources import SourceSpec
 from common.sources.csv_file import CsvFile
 from common.sources.http_client import MalformedBody, PageFetcher
 from common.store import RawBatch, Run, Store
@@ -29,7 +31,12 @@ def extract_csv(
     """Stream the CSV from its checkpoint to the end (or the deadline); return the run's final status."""
     csv_file = CsvFile(spec.location, settings.csv_chunk_rows, settings.csv_max_line_bytes)
     header, data_start = csv_file.read_header()
-    resolve_header(spec, header)
+    mapper = FieldMapper.for_run(store, spec, settings, run.run_id, deadline.clock, learn=False)
+    missing = mapper.missing_message(mapper.map(header))
+    run.summary["drift"] = list(mapper.decisions.values())
+    run.summary["warnings"].extend(mapper.warnings())
+    if missing:
+        raise SourceError(missing, source=spec.name)
     name = checkpoint_name(spec.name)
     position, restart_reason = csv_file.resume(store.get_checkpoint(name), data_start)
     if restart_reason:

@@ -1,62 +1,70 @@
-"""Raw batch -> normalized record tuples, master assets and quarantine entries (the transform's pure core)."""
+"""Raw batch -> normalized record tuples, master assets and quarantine entries (the transform's pure core).
+
+Incoming names are mapped onto the source's canonical fields by a `FieldMapper` (schema drift absorbed, every
+decision recorded); values are coerced at the edge (`common.drift.coerce`); a row that cannot be loaded becomes
+a quarantine entry with its raw text and the reason.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import operator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from typing import Iterable
 
+from common.drift.coerce import CoerceError, to_number as coerce_number, to_timestamp
+from common.drift.mapping import FieldMapper
 from common.ids import asset_id as make_asset_id
 from common.ids import idempotency_key, short_hash
-from common.sources import SourceSpec, resolve_header
 from common.store import RawBatch
+
+NUMBER_FIELDS = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd")
+"""The numeric fields in NORMALIZED_FIELDS order; price_usd is required."""
+SAMPLE_ROWS = 20
+MAX_RAW_CHARS = 64 * 1024
 
 
 @dataclass
 class Normalized:
     records: list[tuple] = field(default_factory=list)
     quarantine: list[dict] = field(default_factory=list)
-    assets: dict[str, dict] = field(default_factory=dict)
+    assets: dict[tuple, dict] = field(default_factory=dict)
     blank_lines: int = 0
-
-
-NUMBER_FIELDS = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd")
-"""The numeric fields in NORMALIZED_FIELDS order; price_usd is required."""
+    error: str | None = None  # set when the whole batch could not be read (e.g. a required field is missing)
 
 
 class BadRow(ValueError):
     """A row that cannot be loaded; the message is the quarantine reason."""
 
 
-def to_utc_iso(text: str) -> str:
-    """ISO 8601 / `YYYY-MM-DD HH:MM:SS` / date -> `YYYY-MM-DDTHH:MM:SSZ` in UTC (naive values are taken as UTC)."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return moment.isoformat() + "Z"
-
-
-def to_number(text: str, label: str, *, required: bool = False) -> float | None:
-    text = text.strip()
-    if not text:
+def number(value: object, label: str, *, required: bool = False) -> float | None:
+    """A non-negative finite number (coerced leniently), None when blank and optional; BadRow otherwise."""
+    try:
+        result = coerce_number(value)
+    except CoerceError as exc:
+        raise BadRow(f"bad number in {label}: {exc}") from None
+    if result is None:
         if required:
             raise BadRow(f"missing {label}")
         return None
+    if result < 0:
+        raise BadRow(f"negative value in {label}: {str(value)[:50]!r}")
+    return result
+
+
+def timestamp(value: object, label: str) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise BadRow(f"missing {label}")
     try:
-        value = float(text)
-    except ValueError:
-        raise BadRow(f"unparsable number in {label}: {text[:50]!r}") from None
-    if math.isnan(value) or math.isinf(value):
-        raise BadRow(f"non-finite number in {label}: {text[:50]!r}")
-    if value < 0:
-        raise BadRow(f"negative value in {label}: {text[:50]!r}")
-    return value
+        return to_timestamp(value.strip() if isinstance(value, str) else value)
+    except CoerceError as exc:
+        raise BadRow(f"unparsable timestamp in {label}: {exc}") from None
 
 
 def quarantine_entry(batch: RawBatch, run_id: str, row_number: int | None, raw: str | None, reason: str) -> dict:
+    if raw is not None and len(raw) > MAX_RAW_CHARS:
+        raw = raw[:MAX_RAW_CHARS] + "...[truncated]"
     return {
         "id": short_hash(batch.batch_id, str(row_number), length=32),
         "source": batch.source, "run_id": run_id, "batch_id": batch.batch_id,
@@ -64,26 +72,66 @@ def quarantine_entry(batch: RawBatch, run_id: str, row_number: int | None, raw: 
     }
 
 
-def normalize_csv_batch(batch: RawBatch, spec: SourceSpec, run_id: str, ingested_at: str) -> Normalized:
+class _Rows:
+    """Turns validated field values into record tuples and master assets."""
+
+    def __init__(self, batch: RawBatch, run_id: str, ingested_at: str, out: Normalized) -> None:
+        self.batch, self.run_id, self.ingested_at, self.out = batch, run_id, ingested_at, out
+
+    def add(self, source_id: str, symbol: str, name: str, observed_at: str, values: Iterable) -> None:
+        assets = self.out.assets
+        asset = assets.get((symbol, name))
+        if asset is None:
+            asset = assets[(symbol, name)] = {
+                "asset_id": make_asset_id(symbol, name), "symbol": symbol, "name": name or None,
+                "source": self.batch.source,
+            }
+        self.out.records.append((
+            idempotency_key(self.batch.source, source_id, observed_at), self.batch.source, source_id, symbol,
+            observed_at, asset["asset_id"], name or None, *values, self.ingested_at, self.run_id,
+        ))
+
+
+def _whole_batch(out: Normalized, batch: RawBatch, run_id: str, reason: str) -> Normalized:
+    out.error = reason
+    out.quarantine.append(quarantine_entry(batch, run_id, None, None, f"whole batch rejected: {reason}"))
+    return out
+
+
+def _split_csv(line: str) -> list[str]:
+    if '"' not in line:
+        return line.split(",")
+    try:
+        return next(csv.reader([line], strict=True))
+    except csv.Error as exc:
+        raise BadRow(f"malformed CSV quoting: {exc}") from None
+
+
+def normalize_csv_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, ingested_at: str) -> Normalized:
     """Parse a `csv_lines` batch: every non-blank line becomes one record or one quarantine entry."""
     out = Normalized()
     for reject in batch.rejects:
         out.quarantine.append(quarantine_entry(batch, run_id, reject["row_number"], reject["raw"], reject["reason"]))
-    columns = resolve_header(spec, batch.header or [])
-    width = len(batch.header or [])
-    labels = {f.name: f.aliases[0] if f.aliases else f.name for f in spec.fields}
+    header = batch.header or []
+    lines = batch.payload.split("\n")
+    if batch.payload.endswith("\n"):
+        lines.pop()
+    sample_rows = [line.rstrip("\r").split(",") for line in lines[: SAMPLE_ROWS * 2] if line.strip()][:SAMPLE_ROWS]
+    samples = {name: [row[i] for row in sample_rows if i < len(row)] for i, name in enumerate(header)}
+    match = mapper.map(header, samples)
+    missing = mapper.missing_message(match)
+    if missing:
+        return _whole_batch(out, batch, run_id, missing)
+    columns = {canonical: header.index(incoming) for incoming, canonical in match.mapping.items()}
+    labels = {canonical: incoming for incoming, canonical in match.mapping.items()}
+    width = len(header)
     i_symbol, i_time, i_name = columns["symbol"], columns["observed_at"], columns.get("name")
     present = [name for name in NUMBER_FIELDS if name in columns]
     numbers_of = operator.itemgetter(*(columns[name] for name in present))
     complete = len(present) == len(NUMBER_FIELDS)
-    source = batch.source
     times: dict[str, str] = {}
-    assets = out.assets
-    records_append = out.records.append
+    rows = _Rows(batch, run_id, ingested_at, out)
 
-    lines = batch.payload.split("\n")
-    if batch.payload.endswith("\n"):
-        lines.pop()
     for offset, line in enumerate(lines):
         if line.endswith("\r"):
             line = line[:-1]
@@ -91,53 +139,43 @@ def normalize_csv_batch(batch: RawBatch, spec: SourceSpec, run_id: str, ingested
             out.blank_lines += 1
             continue
         try:
-            if '"' in line:
-                try:
-                    cells = next(csv.reader([line], strict=True))
-                except csv.Error as exc:
-                    raise BadRow(f"malformed CSV quoting: {exc}") from None
-            else:
-                cells = line.split(",")
+            cells = _split_csv(line)
             if len(cells) != width:
                 raise BadRow(f"expected {width} columns, got {len(cells)}")
             symbol = cells[i_symbol].strip().upper()
             if not symbol:
                 raise BadRow(f"missing {labels['symbol']}")
-            stamp = cells[i_time].strip()
+            stamp = cells[i_time]
             observed_at = times.get(stamp)
             if observed_at is None:
-                if not stamp:
-                    raise BadRow(f"missing {labels['observed_at']}")
-                try:
-                    observed_at = times[stamp] = to_utc_iso(stamp)
-                except ValueError:
-                    raise BadRow(f"unparsable timestamp in {labels['observed_at']}: {stamp[:50]!r}") from None
-            name = cells[i_name].strip() if i_name is not None else ""
+                observed_at = times[stamp] = timestamp(stamp, labels["observed_at"])
             try:  # fast path: every number present, finite and non-negative
                 values = tuple(map(float, numbers_of(cells))) if len(present) > 1 else (float(numbers_of(cells)),)
                 total = sum(values)
                 if total - total != 0 or min(values) < 0 or not complete:
                     raise ValueError
             except ValueError:
-                found = {
-                    name_: to_number(cells[columns[name_]], labels[name_], required=name_ == "price_usd")
-                    for name_ in present
-                }
-                values = tuple(found.get(name_) for name_ in NUMBER_FIELDS)
+                found = {name: number(cells[columns[name]], labels[name], required=name == "price_usd")
+                         for name in present}
+                values = tuple(found.get(name) for name in NUMBER_FIELDS)
         except BadRow as bad:
             out.quarantine.append(quarantine_entry(batch, run_id, batch.first_row + offset, line, str(bad)))
             continue
-        asset_key = (symbol, name)
-        asset = assets.get(asset_key)
-        if asset is None:
-            asset = assets[asset_key] = {
-                "asset_id": make_asset_id(symbol, name), "symbol": symbol, "name": name or None, "source": source,
-            }
-        records_append((
-            idempotency_key(source, symbol, observed_at), source, symbol, symbol, observed_at, asset["asset_id"],
-            name or None, *values, ingested_at, run_id,
-        ))
+        name = cells[i_name].strip() if i_name is not None else ""
+        rows.add(symbol, symbol, name, observed_at, values)
     return out
+
+
+def _flatten(record: dict, prefix: str = "", into: dict | None = None) -> dict:
+    """Dotted paths of a JSON object's leaves (`quotes.USD.price`); lists are leaves."""
+    into = {} if into is None else into
+    for key, value in record.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            _flatten(value, f"{path}.", into)
+        else:
+            into.setdefault(path, value)
+    return into
 
 
 def _at_path(record: dict, path: tuple[str, ...]):
@@ -149,65 +187,54 @@ def _at_path(record: dict, path: tuple[str, ...]):
     return value
 
 
-def json_number(value, label: str, *, required: bool = False) -> float | None:
-    """A JSON number, or a numeric string; booleans, objects and non-finite values are bad rows."""
-    if value is None or value == "":
-        if required:
-            raise BadRow(f"missing {label}")
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BadRow(f"not a number in {label}: {str(value)[:50]!r}")
-    return to_number(str(value), label, required=required)
+def _text(value: object) -> str:
+    return str(value).strip() if value is not None and not isinstance(value, (dict, list, bool)) else ""
 
 
-def normalize_json_batch(batch: RawBatch, spec: SourceSpec, run_id: str, ingested_at: str) -> Normalized:
+def normalize_json_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, ingested_at: str) -> Normalized:
     """A `json` batch (one page as received): every record becomes one normalized record or one quarantine entry."""
     out = Normalized()
     try:
         records = json.loads(batch.payload)
     except ValueError as exc:
-        out.quarantine.append(quarantine_entry(batch, run_id, None, batch.payload[:2000],
+        out.quarantine.append(quarantine_entry(batch, run_id, None, batch.payload,
                                                f"response is not valid JSON ({exc})"))
         return out
     if not isinstance(records, list):
-        out.quarantine.append(quarantine_entry(batch, run_id, None, batch.payload[:2000],
+        out.quarantine.append(quarantine_entry(batch, run_id, None, batch.payload,
                                                f"expected a JSON array of records, got {type(records).__name__}"))
         return out
-    paths = {f.name: tuple(f.aliases[0].split(".")) if f.aliases else (f.name,) for f in spec.fields}
-    labels = {f.name: f.aliases[0] if f.aliases else f.name for f in spec.fields}
+    names: dict[str, list] = {}
+    for record in records[:SAMPLE_ROWS * 5]:
+        if isinstance(record, dict):
+            for path, value in _flatten(record).items():
+                names.setdefault(path, []).append(value)
+    if not names:
+        return out if not records else _whole_batch(out, batch, run_id, "no JSON objects in the page")
+    match = mapper.map(list(names), {path: values[:SAMPLE_ROWS] for path, values in names.items()})
+    missing = mapper.missing_message(match)
+    if missing:
+        return _whole_batch(out, batch, run_id, missing)
+    paths = {canonical: tuple(incoming.split(".")) for incoming, canonical in match.mapping.items()}
+    labels = {canonical: incoming for incoming, canonical in match.mapping.items()}
     numbers = [name for name in NUMBER_FIELDS if name in paths]
+    rows = _Rows(batch, run_id, ingested_at, out)
     for index, record in enumerate(records, start=1):
         try:
             if not isinstance(record, dict):
                 raise BadRow(f"record is a {type(record).__name__}, not an object")
-            texts = {}
-            for name in ("source_id", "symbol", "name"):
-                value = _at_path(record, paths[name]) if name in paths else None
-                texts[name] = str(value).strip() if value is not None and not isinstance(value, (dict, list)) else ""
-                if not texts[name] and spec.field(name).required:
-                    raise BadRow(f"missing {labels[name]}")
-            stamp = _at_path(record, paths["observed_at"])
-            if not isinstance(stamp, str) or not stamp.strip():
-                raise BadRow(f"missing {labels['observed_at']}")
-            try:
-                observed_at = to_utc_iso(stamp.strip())
-            except ValueError:
-                raise BadRow(f"unparsable timestamp in {labels['observed_at']}: {stamp[:50]!r}") from None
-            values = {name: json_number(_at_path(record, paths[name]), labels[name], required=name == "price_usd")
-                      for name in numbers}
+            source_id = _text(_at_path(record, paths["source_id"])) if "source_id" in paths else ""
+            symbol = _text(_at_path(record, paths["symbol"])).upper()
+            if not symbol:
+                raise BadRow(f"missing {labels['symbol']}")
+            if "source_id" in paths and not source_id:
+                raise BadRow(f"missing {labels['source_id']}")
+            observed_at = timestamp(_at_path(record, paths["observed_at"]), labels["observed_at"])
+            found = {name: number(_at_path(record, paths[name]), labels[name], required=name == "price_usd")
+                     for name in numbers}
         except BadRow as bad:
-            out.quarantine.append(quarantine_entry(batch, run_id, index, json.dumps(record)[:2000], str(bad)))
+            out.quarantine.append(quarantine_entry(batch, run_id, index, json.dumps(record), str(bad)))
             continue
-        symbol, name = texts["symbol"].upper(), texts["name"]
-        asset = out.assets.get((symbol, name))
-        if asset is None:
-            asset = out.assets[(symbol, name)] = {
-                "asset_id": make_asset_id(symbol, name), "symbol": symbol, "name": name or None,
-                "source": batch.source,
-            }
-        source_id = texts["source_id"] or symbol
-        out.records.append((
-            idempotency_key(batch.source, source_id, observed_at), batch.source, source_id, symbol, observed_at,
-            asset["asset_id"], name or None, *(values.get(name) for name in NUMBER_FIELDS), ingested_at, run_id,
-        ))
+        name = _text(_at_path(record, paths["name"])) if "name" in paths else ""
+        rows.add(source_id or symbol, symbol, name, observed_at, (found.get(n) for n in NUMBER_FIELDS))
     return out

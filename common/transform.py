@@ -6,6 +6,7 @@ import logging
 
 from common.clock import Clock, Deadline, iso_utc
 from common.config import Settings
+from common.drift.mapping import FieldMapper
 from common.errors import EtlError
 from common.normalize import Normalized, normalize_csv_batch, normalize_json_batch, quarantine_entry
 from common.runs import LeaseKeeper
@@ -14,25 +15,58 @@ from common.store import RawBatch, Run, Store
 
 log = logging.getLogger(__name__)
 
+NORMALIZERS = {"csv_lines": normalize_csv_batch, "json": normalize_json_batch}
+
+
+class Mappers:
+    """One FieldMapper per source for the run; their decisions end up in the run summary."""
+
+    def __init__(self, store: Store, settings: Settings, run: Run, clock: Clock) -> None:
+        self.store, self.settings, self.run, self.clock = store, settings, run, clock
+        self.by_source: dict[str, FieldMapper] = {}
+
+    def __getitem__(self, source: str) -> FieldMapper:
+        if source not in self.by_source:
+            spec = source_spec(source, self.settings)
+            self.by_source[source] = FieldMapper.for_run(self.store, spec, self.settings, self.run.run_id, self.clock)
+        return self.by_source[source]
+
+    def summarize(self) -> None:
+        self.run.summary["drift"] = [d for m in self.by_source.values() for d in m.decisions.values()]
+        for mapper in self.by_source.values():
+            self.run.summary["warnings"].extend(mapper.warnings())
+
 
 def transform_load(
     store: Store, settings: Settings, run: Run, keeper: LeaseKeeper, deadline: Deadline, clock: Clock
 ) -> str:
-    """Process pending batches oldest first until none is left (or the deadline); each commit is one write."""
+    """Process pending batches oldest first until none is left (or the deadline); each commit is one write.
+
+    A batch that cannot be read at all (a required field missing from it) is quarantined whole and makes the run
+    `failed` with the reason, after every other batch has been loaded."""
     run.summary.update(batches=0, blank_lines=0, by_source={})
-    while not deadline.near():
-        pending = store.pending_raw_batches(limit=1)
-        if not pending:
-            return "succeeded"
-        _load_batch(pending.pop(), store, settings, run, clock)  # one batch in memory at a time
-        keeper.keep_alive()
-    run.summary["warnings"].append("invocation deadline reached; pending batches are left for the next run")
-    return "partial"
+    mappers = Mappers(store, settings, run, clock)
+    status = "partial"
+    try:
+        while not deadline.near():
+            pending = store.pending_raw_batches(limit=1)
+            if not pending:
+                status = "succeeded"
+                break
+            _load_batch(pending.pop(), store, mappers, run, clock)  # one batch in memory at a time
+            keeper.keep_alive()
+        else:
+            run.summary["warnings"].append("invocation deadline reached; pending batches are left for the next run")
+    finally:
+        mappers.summarize()
+    return "failed" if run.summary["errors"] else status
 
 
-def _load_batch(batch: RawBatch, store: Store, settings: Settings, run: Run, clock: Clock) -> None:
-    result = _normalize(batch, settings, run.run_id, iso_utc(clock()))
+def _load_batch(batch: RawBatch, store: Store, mappers: Mappers, run: Run, clock: Clock) -> None:
+    result = _normalize(batch, mappers, run.run_id, iso_utc(clock()))
     store.commit_transformed(batch, result.records, result.quarantine, result.assets.values())
+    if result.error:
+        run.summary["errors"].append(f"batch {batch.batch_id}: {result.error}")
     run.rows_in += batch.row_count
     run.rows_out += len(result.records)
     run.quarantined += len(result.quarantine)
@@ -44,18 +78,17 @@ def _load_batch(batch: RawBatch, store: Store, settings: Settings, run: Run, clo
     run.checkpoint = {"last_batch": batch.batch_id, "version": batch.version}
 
 
-def _normalize(batch: RawBatch, settings: Settings, run_id: str, ingested_at: str) -> Normalized:
+def _normalize(batch: RawBatch, mappers: Mappers, run_id: str, ingested_at: str) -> Normalized:
     """Normalize one batch; a batch that cannot be read at all is quarantined whole rather than retried forever."""
     try:
-        spec = source_spec(batch.source, settings)
-        if batch.format == "csv_lines":
-            return normalize_csv_batch(batch, spec, run_id, ingested_at)
-        if batch.format == "json":
-            return normalize_json_batch(batch, spec, run_id, ingested_at)
-        raise EtlError(f"unsupported raw batch format {batch.format!r}")
+        normalizer = NORMALIZERS.get(batch.format)
+        if normalizer is None:
+            raise EtlError(f"unsupported raw batch format {batch.format!r}")
+        return normalizer(batch, mappers[batch.source], run_id, ingested_at)
     except EtlError as exc:
-        reason = f"whole batch rejected: {exc.message}"
+        reason = exc.message
     except Exception as exc:  # a bug must not block every later batch
         log.exception("cannot transform batch %s", batch.batch_id)
-        reason = f"whole batch rejected: internal error {type(exc).__name__}: {exc}"
-    return Normalized(quarantine=[quarantine_entry(batch, run_id, None, None, reason)])
+        reason = f"internal error {type(exc).__name__}: {exc}"
+    return Normalized(error=reason, quarantine=[quarantine_entry(batch, run_id, None, None,
+                                                                 f"whole batch rejected: {reason}")])

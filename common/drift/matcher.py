@@ -129,7 +129,20 @@ def match_fields(
     samples: Mapping[str, Sequence[object]] | None = None,
     learned: Mapping[str, str] | None = None,
 ) -> MatchResult:
-    """Decide, for every incoming name, which canonical field it carries (or why it is skipped)."""
+    """Decide, for every incoming name, which canonical field it carries (or why it is skipped).
+
+    Args:
+        incoming: column names / flattened JSON paths as received; bad entries (non-strings, blanks,
+            duplicates) get a skipped decision instead of an exception.
+        fields: the source's canonical field spec.
+        threshold: minimum fuzzy score (0..1) to accept a fuzzy match; other stages ignore it.
+        margin: how far the best fuzzy field must lead the best different field.
+        extra_aliases: canonical name -> more accepted names (explicit, like `Field.aliases`); unknown
+            canonical names are ignored.
+        samples: incoming name -> a few of its values, for the type check of automatic matches.
+        learned: incoming name -> canonical name persisted from earlier runs; entries naming a field the
+            spec no longer has are ignored.
+    """
     extras = tuple(sorted((k, tuple(v)) for k, v in (extra_aliases or {}).items()))
     spec = _build_spec(tuple(fields), extras)
     targets = spec.targets

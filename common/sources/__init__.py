@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.config import Settings
-from common.errors import InputError, SourceError
+from common.errors import InputError
 
 SOURCE_NAMES = ("source_a", "source_b", "source_c")
 SHORT_NAMES = {"a": "source_a", "b": "source_b", "c": "source_c"}
@@ -46,9 +46,11 @@ class SourceSpec:
     location: str
     fields: tuple[Field, ...]
     http: HttpSpec | None = None
+    ignored: frozenset[str] = frozenset()  # names the source sends that we deliberately do not load
 
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
+
 
 
 CSV_HISTORY_FIELDS = (
@@ -87,6 +89,22 @@ COINGECKO_MARKET_FIELDS = (
 )
 
 
+CSV_HISTORY_IGNORED = frozenset({"SNo"})
+COINPAPRIKA_IGNORED = frozenset({
+    "rank", "circulating_supply", "total_supply", "max_supply", "beta_value", "first_data_at",
+    *(f"quotes.USD.{name}" for name in (
+        "volume_24h_change_24h", "market_cap_change_24h", "percent_change_15m", "percent_change_30m",
+        "percent_change_1h", "percent_change_6h", "percent_change_12h", "percent_change_24h", "percent_change_7d",
+        "percent_change_30d", "percent_change_1y", "ath_price", "ath_date", "percent_from_price_ath")),
+})
+COINGECKO_IGNORED = frozenset({
+    "image", "market_cap_rank", "fully_diluted_valuation", "price_change_24h", "price_change_percentage_24h",
+    "market_cap_change_24h", "market_cap_change_percentage_24h", "circulating_supply", "total_supply",
+    "max_supply", "ath", "ath_change_percentage", "ath_date", "atl", "atl_change_percentage", "atl_date", "roi",
+    "roi.times", "roi.currency", "roi.percentage",
+})
+
+
 def source_spec(name: str, settings: Settings) -> SourceSpec:
     """The declaration of source `name` (`source_a`, `source_b`, `source_c` or the short forms `a`, `b`, `c`)."""
     name = SHORT_NAMES.get(name, name)
@@ -94,9 +112,9 @@ def source_spec(name: str, settings: Settings) -> SourceSpec:
         return SourceSpec("source_a", "http_json", settings.source_a_url, COINPAPRIKA_TICKER_FIELDS, HttpSpec(
             auth_header="Authorization", api_key=settings.source_a_api_key, key_setting="SOURCE_A_API_KEY",
             rate=settings.source_a_rate, timeout_s=settings.http_timeout_s, max_attempts=settings.http_max_attempts,
-        ))
+        ), COINPAPRIKA_IGNORED)
     if name == "source_b":
-        return SourceSpec("source_b", "csv", settings.source_b_path, CSV_HISTORY_FIELDS)
+        return SourceSpec("source_b", "csv", settings.source_b_path, CSV_HISTORY_FIELDS, ignored=CSV_HISTORY_IGNORED)
     if name == "source_c":
         return SourceSpec("source_c", "http_json", settings.source_c_url, COINGECKO_MARKET_FIELDS, HttpSpec(
             params=(("vs_currency", "usd"), ("order", "market_cap_desc")),
@@ -104,29 +122,5 @@ def source_spec(name: str, settings: Settings) -> SourceSpec:
             rate=settings.source_c_rate, page_param="page", per_page=settings.source_c_per_page,
             max_pages=settings.source_c_max_pages, timeout_s=settings.http_timeout_s,
             max_attempts=settings.http_max_attempts,
-        ))
+        ), COINGECKO_IGNORED)
     raise InputError(f"unknown source {name!r}; expected one of: {', '.join(SOURCE_NAMES)}")
-
-
-def resolve_header(spec: SourceSpec, header: list[str]) -> dict[str, int]:
-    """Column index of each canonical field found in `header` (case-insensitive name or alias match).
-
-    Raises SourceError naming every required field that is missing.
-    """
-    positions: dict[str, int] = {}
-    for index, column in enumerate(header):
-        positions.setdefault(column.strip().lower(), index)
-    mapping: dict[str, int] = {}
-    for spec_field in spec.fields:
-        for candidate in (spec_field.name, *spec_field.aliases):
-            if candidate.lower() in positions:
-                mapping[spec_field.name] = positions[candidate.lower()]
-                break
-    missing = [f for f in spec.fields if f.required and f.name not in mapping]
-    if missing:
-        wanted = ", ".join(f"{f.aliases[0] if f.aliases else f.name} ({f.name})" for f in missing)
-        raise SourceError(
-            f"{spec.name}: header lacks required column(s) {wanted}; header was: {','.join(header)[:300]}",
-            source=spec.name,
-        )
-    return mapping

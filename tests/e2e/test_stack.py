@@ -64,7 +64,7 @@ def test_csv_flows_through_the_functions_exactly_once(stack, tmp_path):
     assert "unparsable timestamp" in quarantined[MALFORMED[0]]
     assert quarantined[MALFORMED[1]] == "expected 10 columns, got 9"
     assert quarantined[MALFORMED[2]] == "missing Symbol"
-    assert "unparsable number in Close" in quarantined[MALFORMED[3]]
+    assert "bad number in Close" in quarantined[MALFORMED[3]]
 
 
 def test_two_overlapping_invocations_one_works_one_is_skipped(stack, tmp_path):

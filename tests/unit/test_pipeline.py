@@ -79,7 +79,7 @@ def test_malformed_rows_are_quarantined_with_reason_and_good_rows_kept(wiring):
     assert len(entries) == len(bad) == transform.quarantined
     assert reasons[6] == "expected 10 columns, got 7"
     assert "unparsable timestamp in Date" in reasons[7]
-    assert "unparsable number in Close" in reasons[8]
+    assert reasons[8] == "bad number in Close: not a number: 'abc'"
     assert reasons[9] == "missing Symbol"
     assert reasons[10] == "missing Close"
     assert "non-finite" in reasons[11] and "negative" in reasons[12]
