@@ -1,6 +1,7 @@
 """`etl`: run pipeline stages in-process and serve the API.
 
     etl run --source a|b|c|all [--stage extract|transform|all]   JSON summary; exit 1 unless every run succeeded
+    etl quarantine list|replay [--source b]             inspect / re-load quarantined rows after a mapping fix
     etl serve [--port 8080] [--host 127.0.0.1]
 """
 
@@ -49,6 +50,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from common.pipeline import run_replay
+    from common.sources import source_spec
+    from common.wiring import get_wiring
+
+    wiring = get_wiring()
+    if args.action == "list":
+        source = source_spec(args.source, wiring.settings).name if args.source else None
+        entries = wiring.store.list_quarantine(source, limit=args.limit, unresolved_only=not args.all)
+        print(json.dumps({"entries": entries, "unresolved": wiring.store.count_quarantine(source, True)}, indent=2))
+        return EXIT_OK
+    run = run_replay(wiring, args.source)
+    print(json.dumps({"ok": run.status == "succeeded", "runs": [run.to_dict()]}, indent=2))
+    return EXIT_OK if run.status == "succeeded" else EXIT_FAILED
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from common.api.server import serve
 
@@ -64,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stage", default="all", choices=("extract", "transform", "all"))
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)
+    quarantine = sub.add_parser("quarantine", help="inspect or replay quarantined rows")
+    quarantine.add_argument("action", choices=("list", "replay"))
+    quarantine.add_argument("--source", choices=[*sorted(SHORT_NAMES), *SOURCE_NAMES])
+    quarantine.add_argument("--limit", type=int, default=100, help="list: how many entries")
+    quarantine.add_argument("--all", action="store_true", help="list: resolved entries too")
+    quarantine.set_defaults(func=cmd_quarantine)
     serve = sub.add_parser("serve", help="serve the REST API")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")

@@ -44,3 +44,16 @@ def run_transform(wiring: Wiring) -> Run:
         "transform_load", None, store, lease_ttl_s=settings.lease_ttl_s, clock=clock,
         work=lambda run, keeper: transform_load(store, settings, run, keeper, deadline, clock),
     )
+
+
+def run_replay(wiring: Wiring, source: str | None = None) -> Run:
+    """Replay unresolved quarantine entries (of one source, or all) with the mappings in force now."""
+    from common.replay import replay_quarantine
+
+    settings, store, clock = wiring.settings, wiring.store, wiring.clock
+    source = source_spec(source, settings).name if source else None
+    deadline = Deadline(clock, settings.invocation_budget_s)
+    return run_stage(
+        "quarantine_replay", source, store, lease_ttl_s=settings.lease_ttl_s, clock=clock,
+        work=lambda run, keeper: replay_quarantine(store, settings, run, keeper, deadline, clock, source),
+    )

@@ -152,13 +152,14 @@ class Store(ABC):
     @abstractmethod
     def commit_transformed(
         self,
-        batch: RawBatch,
+        batch: RawBatch | None,
         records: Sequence[tuple],
         quarantine: Sequence[dict],
         assets: Iterable[dict],
     ) -> None:
         """Upsert records (tuples in NORMALIZED_FIELDS order) and assets, add quarantine entries, then mark
-        the batch done if its version is unchanged. Idempotent: replaying a batch changes nothing."""
+        the batch done if its version is unchanged (no batch: a quarantine replay). Idempotent: replaying a batch
+        changes nothing."""
 
     # --- reads ------------------------------------------------------------------------------------------
     @abstractmethod

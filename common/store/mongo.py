@@ -230,7 +230,7 @@ class MongoStore(Store):
     # --- transform output ---------------------------------------------------------------------------------------
     @_translated
     def commit_transformed(
-        self, batch: RawBatch, records: Sequence[tuple], quarantine: Sequence[dict], assets: Iterable[dict]
+        self, batch: RawBatch | None, records: Sequence[tuple], quarantine: Sequence[dict], assets: Iterable[dict]
     ) -> None:
         db, now = self._database(), iso_utc(self.clock())
         record_ops = [
@@ -270,7 +270,8 @@ class MongoStore(Store):
         for collection, ops in (("normalized", record_ops), ("assets", asset_ops), ("quarantine", quarantine_ops)):
             if ops:
                 db[collection].bulk_write(ops, ordered=False)
-        db.raw_batches.update_one({"_id": batch.batch_id, "version": batch.version}, {"$set": {"status": "done"}})
+        if batch is not None:
+            db.raw_batches.update_one({"_id": batch.batch_id, "version": batch.version}, {"$set": {"status": "done"}})
 
     # --- reads ----------------------------------------------------------------------------------------------------
     @_translated

@@ -232,7 +232,7 @@ class SqliteStore(Store):
 
     # --- transform output ---------------------------------------------------------------------------------------
     def commit_transformed(
-        self, batch: RawBatch, records: Sequence[tuple], quarantine: Sequence[dict], assets: Iterable[dict]
+        self, batch: RawBatch | None, records: Sequence[tuple], quarantine: Sequence[dict], assets: Iterable[dict]
     ) -> None:
         now = iso_utc(self.clock())
         assets = list(assets)
@@ -256,10 +256,11 @@ class SqliteStore(Store):
                     for q in quarantine
                 ],
             )
-            conn.execute(
-                "UPDATE raw_batches SET status = 'done' WHERE batch_id = ? AND version = ?",
-                (batch.batch_id, batch.version),
-            )
+            if batch is not None:
+                conn.execute(
+                    "UPDATE raw_batches SET status = 'done' WHERE batch_id = ? AND version = ?",
+                    (batch.batch_id, batch.version),
+                )
 
     # --- reads ----------------------------------------------------------------------------------------------------
     def query_normalized(self, query: DataQuery) -> Page:

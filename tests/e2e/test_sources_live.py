@@ -105,3 +105,32 @@ def test_chaos_is_absorbed_and_every_failure_accounted_for(tmp_path, source_emul
     assert store.count_quarantine() == 0
     btc = [a for a in store.list_assets() if a["asset_id"] == "btc-bitcoin"]
     assert btc and btc[0]["sources"] == ["source_a", "source_c"]  # one master asset across sources
+
+
+def test_a_field_renamed_mid_stream_keeps_loading(tmp_path, source_emulator):
+    import time
+
+    from common.config import Settings
+    from common.pipeline import run_extract, run_transform
+    from common.wiring import Wiring, build_store
+
+    emulator = source_emulator(snapshot_every=0)
+    settings = Settings(sqlite_path=str(tmp_path / "etl.sqlite3"), source_c_url=f"{emulator.url}/api/v3/coins/markets",
+                        source_c_per_page=100, source_c_max_pages=6, source_c_rate="2/1s")
+    store = build_store(settings)
+    renamed_before_page = []
+
+    def sleep(seconds: float) -> None:  # the limiter's wait before page 3: the source renames a field meanwhile
+        if not renamed_before_page:
+            emulator.set_chaos("c", rename={"current_price": "currentPrice"})
+            renamed_before_page.append(len(requests_to(emulator, "c")) + 1)
+        time.sleep(seconds)
+
+    wiring = Wiring(settings=settings, store=store, sleep=sleep)
+    extract, transform = run_extract("c", wiring), run_transform(wiring)
+    assert renamed_before_page == [3]
+    assert extract.status == "succeeded" and transform.status == "succeeded" and transform.quarantined == 0
+    assert store.count_normalized("source_c") == 600
+    [decision] = [d for d in transform.summary["drift"] if d["field"] == "currentPrice"]
+    assert (decision["mapped_to"], decision["action"], decision["method"]) == ("price_usd", "mapped", "normalized")
+    store.close()
