@@ -6,11 +6,10 @@ from typing import Callable
 
 from common.clock import Deadline
 from common.config import Settings
-from common.errors import BudgetExhausted, SourceUnavailable
+from common.drift.mapping import FieldMapper
+from common.errors import BudgetExhausted, SourceError, SourceUnavailable
 from common.ids import short_hash
 from common.runs import LeaseKeeper
-from common.drift.mapping import FieldMapper
-from common.errors import SourceError
 from common.sources import SourceSpec
 from common.sources.csv_file import CsvFile
 from common.sources.http_client import MalformedBody, PageFetcher

@@ -10,10 +10,10 @@ import time
 import flask
 from werkzeug.exceptions import HTTPException
 
+from common.api.params import parse_data_query, single_values
 from common.config import Settings
 from common.errors import EtlError
 from common.http import request_id_of
-from common.api.params import parse_data_query, single_values
 from common.wiring import Wiring, _wiring_for, get_wiring
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from common.store.sqlite import SqliteStore
 from local.emulator import RateLimit
 from tests.conftest import ROOT
 from tests.e2e.conftest import Stack, stage_env
-from tests.e2e.emulator_fixture import source_emulator  # noqa: F401 (fixture)
 
 RATE = "5/2s"
 WINDOW_S, LIMIT = 2.0, 5

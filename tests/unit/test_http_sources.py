@@ -5,8 +5,8 @@ The clock and sleep are fakes: a sleep advances the clock, so nothing here reall
 from __future__ import annotations
 
 import dataclasses
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
 
 import pytest
 import responses

@@ -162,3 +162,12 @@ def test_a_run_left_running_by_a_crash_is_marked_failed_by_the_next_one(wiring):
     run_extract("source_b", wiring)
     crashed = wiring.store.get_run("crashed")
     assert crashed.status == "failed" and "abandoned" in crashed.summary["errors"][0]
+
+
+def test_stored_idempotency_keys_are_the_documented_hash(wiring):
+    from common.ids import idempotency_key
+
+    write_csv(wiring.settings.source_b_path, csv_lines(coins=2, days=3))
+    run_both(wiring)
+    for item in wiring.store.query_normalized(DataQuery(limit=10)).items:
+        assert item["idempotency_key"] == idempotency_key("source_b", item["symbol"], item["observed_at"])
