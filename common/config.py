@@ -36,6 +36,7 @@ class Settings:
     source_c_per_page: int = 250
     http_timeout_s: float = 20.0
     http_max_attempts: int = 5
+    transform_workers: int = 1
     drift_threshold: float = 0.8
     field_aliases: str = ""  # JSON, see common.drift.mapping.parse_field_aliases
 
@@ -71,6 +72,8 @@ class Settings:
             source_c_per_page=reader.number("SOURCE_C_PER_PAGE", 250, int, minimum=1),
             http_timeout_s=reader.number("HTTP_TIMEOUT_S", 20.0, float, minimum=0.1),
             http_max_attempts=reader.number("HTTP_MAX_ATTEMPTS", 5, int, minimum=1),
+            transform_workers=reader.number("TRANSFORM_WORKERS", 1 if (os.cpu_count() or 1) > 1 else 0, int,
+                                            minimum=0),
             drift_threshold=reader.number("DRIFT_THRESHOLD", 0.8, float, minimum=0.0),
             field_aliases=reader.aliases("FIELD_ALIASES"),
         )

@@ -22,7 +22,7 @@ PAGE = 500
 
 def replay_quarantine(store: Store, settings: Settings, run: Run, keeper: LeaseKeeper, deadline: Deadline,
                       clock: Clock, source: str | None = None) -> str:
-    mappers = Mappers(store, settings, run, clock)
+    mappers = Mappers(store, settings, run.run_id, clock)
     counts = run.summary.setdefault("replay", {"entries": 0, "resolved": 0, "still_quarantined": 0,
                                                "not_replayable": 0})
     offset = 0
@@ -44,7 +44,7 @@ def replay_quarantine(store: Store, settings: Settings, run: Run, keeper: LeaseK
             keeper.keep_alive()
     finally:
         counts["still_quarantined"] = counts["entries"] - counts["resolved"] - counts["not_replayable"]
-        mappers.summarize()
+        mappers.summarize(run)
 
 
 def _replay_group(store: Store, batch_id: str | None, entries: list[dict], mappers: Mappers, run: Run,

@@ -21,64 +21,32 @@ NORMALIZERS = {"csv_lines": normalize_csv_batch, "json": normalize_json_batch}
 class Mappers:
     """One FieldMapper per source for the run; their decisions end up in the run summary."""
 
-    def __init__(self, store: Store, settings: Settings, run: Run, clock: Clock) -> None:
-        self.store, self.settings, self.run, self.clock = store, settings, run, clock
+    def __init__(self, store: Store, settings: Settings, run_id: str, clock: Clock) -> None:
+        self.store, self.settings, self.run_id, self.clock = store, settings, run_id, clock
         self.by_source: dict[str, FieldMapper] = {}
 
     def __getitem__(self, source: str) -> FieldMapper:
         if source not in self.by_source:
             spec = source_spec(source, self.settings)
-            self.by_source[source] = FieldMapper.for_run(self.store, spec, self.settings, self.run.run_id, self.clock)
+            self.by_source[source] = FieldMapper.for_run(self.store, spec, self.settings, self.run_id, self.clock)
         return self.by_source[source]
 
-    def summarize(self) -> None:
-        self.run.summary["drift"] = [d for m in self.by_source.values() for d in m.decisions.values()]
+    def decisions(self) -> dict[str, dict[str, dict]]:
+        return {source: dict(mapper.decisions) for source, mapper in self.by_source.items()}
+
+    def merge(self, decisions: dict[str, dict[str, dict]]) -> None:
+        """Adopt decisions taken by a worker process for this run."""
+        for source, by_field in decisions.items():
+            for name, decision in by_field.items():
+                self[source].decisions.setdefault(name, decision)
+
+    def summarize(self, run: Run) -> None:
+        run.summary["drift"] = [d for m in self.by_source.values() for d in m.decisions.values()]
         for mapper in self.by_source.values():
-            self.run.summary["warnings"].extend(mapper.warnings())
+            run.summary["warnings"].extend(mapper.warnings())
 
 
-def transform_load(
-    store: Store, settings: Settings, run: Run, keeper: LeaseKeeper, deadline: Deadline, clock: Clock
-) -> str:
-    """Process pending batches oldest first until none is left (or the deadline); each commit is one write.
-
-    A batch that cannot be read at all (a required field missing from it) is quarantined whole and makes the run
-    `failed` with the reason, after every other batch has been loaded."""
-    run.summary.update(batches=0, blank_lines=0, by_source={})
-    mappers = Mappers(store, settings, run, clock)
-    status = "partial"
-    try:
-        while not deadline.near():
-            pending = store.pending_raw_batches(limit=1)
-            if not pending:
-                status = "succeeded"
-                break
-            _load_batch(pending.pop(), store, mappers, run, clock)  # one batch in memory at a time
-            keeper.keep_alive()
-        else:
-            run.summary["warnings"].append("invocation deadline reached; pending batches are left for the next run")
-    finally:
-        mappers.summarize()
-    return "failed" if run.summary["errors"] else status
-
-
-def _load_batch(batch: RawBatch, store: Store, mappers: Mappers, run: Run, clock: Clock) -> None:
-    result = _normalize(batch, mappers, run.run_id, iso_utc(clock()))
-    store.commit_transformed(batch, result.records, result.quarantine, result.assets.values())
-    if result.error:
-        run.summary["errors"].append(f"batch {batch.batch_id}: {result.error}")
-    run.rows_in += batch.row_count
-    run.rows_out += len(result.records)
-    run.quarantined += len(result.quarantine)
-    run.summary["batches"] += 1
-    run.summary["blank_lines"] += result.blank_lines
-    counts = run.summary["by_source"].setdefault(batch.source, {"loaded": 0, "quarantined": 0})
-    counts["loaded"] += len(result.records)
-    counts["quarantined"] += len(result.quarantine)
-    run.checkpoint = {"last_batch": batch.batch_id, "version": batch.version}
-
-
-def _normalize(batch: RawBatch, mappers: Mappers, run_id: str, ingested_at: str) -> Normalized:
+def normalize_batch(batch: RawBatch, mappers: Mappers, run_id: str, ingested_at: str) -> Normalized:
     """Normalize one batch; a batch that cannot be read at all is quarantined whole rather than retried forever."""
     try:
         normalizer = NORMALIZERS.get(batch.format)
@@ -92,3 +60,51 @@ def _normalize(batch: RawBatch, mappers: Mappers, run_id: str, ingested_at: str)
         reason = f"internal error {type(exc).__name__}: {exc}"
     return Normalized(error=reason, quarantine=[quarantine_entry(batch, run_id, None, None,
                                                                  f"whole batch rejected: {reason}")])
+
+
+def transform_load(
+    store: Store, settings: Settings, run: Run, keeper: LeaseKeeper, deadline: Deadline, clock: Clock
+) -> str:
+    """Process pending batches oldest first until none is left (or the deadline); each commit is one write.
+
+    With a spare core, the next batch is normalized in a worker process while this one is written.
+    A batch that cannot be read at all (a required field missing from it) is quarantined whole and makes the run
+    `failed` with the reason, after every other batch has been loaded."""
+    from common.parallel import Normalizer
+
+    run.summary.update(batches=0, blank_lines=0, by_source={})
+    mappers = Mappers(store, settings, run.run_id, clock)
+    status = "partial"
+    try:
+        with Normalizer(settings, mappers, run.run_id, clock) as normalizer:
+            while not deadline.near():
+                pending = store.pending_raw_batches(limit=2)
+                if not pending:
+                    status = "succeeded"
+                    break
+                result = normalizer.result(pending[0], iso_utc(clock()))
+                if len(pending) > 1:
+                    normalizer.prefetch(pending[1], iso_utc(clock()))
+                _commit(pending[0], result, store, run)
+                del pending, result  # hold one batch (plus the prefetched one) at a time
+                keeper.keep_alive()
+            else:
+                run.summary["warnings"].append("invocation deadline reached; pending batches are left for the next run")
+    finally:
+        mappers.summarize(run)
+    return "failed" if run.summary["errors"] else status
+
+
+def _commit(batch: RawBatch, result: Normalized, store: Store, run: Run) -> None:
+    store.commit_transformed(batch, result.records, result.quarantine, result.assets.values())
+    if result.error:
+        run.summary["errors"].append(f"batch {batch.batch_id}: {result.error}")
+    run.rows_in += batch.row_count
+    run.rows_out += len(result.records)
+    run.quarantined += len(result.quarantine)
+    run.summary["batches"] += 1
+    run.summary["blank_lines"] += result.blank_lines
+    counts = run.summary["by_source"].setdefault(batch.source, {"loaded": 0, "quarantined": 0})
+    counts["loaded"] += len(result.records)
+    counts["quarantined"] += len(result.quarantine)
+    run.checkpoint = {"last_batch": batch.batch_id, "version": batch.version}

@@ -1,0 +1,72 @@
+"""Normalize the next raw batch in a worker process while the current one is written (uses a spare core).
+
+Only normalization moves: writes, checkpoints and the lease stay in the invocation's own process, in order, so
+crash safety is unchanged. The worker starts only once a batch has proved slow enough to be worth it
+(`PREFETCH_AFTER_S`), so small runs never pay for a process start; `TRANSFORM_WORKERS=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+
+from common.clock import Clock, system_clock
+from common.config import Settings
+from common.normalize import Normalized
+from common.store import RawBatch
+
+PREFETCH_AFTER_S = 0.1
+_worker: dict = {}
+
+
+def _normalize_in_worker(settings: Settings, batch: RawBatch, run_id: str, ingested_at: str):
+    """Runs in the worker process: its own store connection and mappers for this run."""
+    from common.transform import Mappers, normalize_batch
+    from common.wiring import build_store
+
+    if _worker.get("run_id") != run_id:
+        store = _worker.get("store") or build_store(settings)
+        _worker.update(run_id=run_id, store=store, mappers=Mappers(store, settings, run_id, system_clock))
+    result = normalize_batch(batch, _worker["mappers"], run_id, ingested_at)
+    return result, _worker["mappers"].decisions()
+
+
+class Normalizer:
+    """`result(batch)` for the batch about to be written; `prefetch(batch)` for the one after it."""
+
+    def __init__(self, settings: Settings, mappers, run_id: str, clock: Clock = system_clock) -> None:
+        self.settings, self.mappers, self.run_id, self.clock = settings, mappers, run_id, clock
+        self.pool: ProcessPoolExecutor | None = None
+        self.ahead: tuple[tuple[str, int], Future] | None = None
+        self.worth_it = False
+
+    def __enter__(self) -> "Normalizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def result(self, batch: RawBatch, ingested_at: str) -> Normalized:
+        if self.ahead is not None:
+            key, future = self.ahead
+            self.ahead = None
+            if key == (batch.batch_id, batch.version):  # still the batch we prefetched (not rewritten since)
+                result, decisions = future.result()
+                self.mappers.merge(decisions)
+                return result
+        from common.transform import normalize_batch
+
+        started = time.perf_counter()
+        result = normalize_batch(batch, self.mappers, self.run_id, ingested_at)
+        self.worth_it = time.perf_counter() - started >= PREFETCH_AFTER_S
+        return result
+
+    def prefetch(self, batch: RawBatch, ingested_at: str) -> None:
+        if not (self.worth_it or self.pool) or self.settings.transform_workers < 1:
+            return
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        future = self.pool.submit(_normalize_in_worker, self.settings, batch, self.run_id, ingested_at)
+        self.ahead = ((batch.batch_id, batch.version), future)
