@@ -88,3 +88,23 @@ def test_two_overlapping_invocations_one_works_one_is_skipped(stack, tmp_path):
     assert done["rows_in"] == 60_000
     store = SqliteStore(str(tmp_path / "etl.sqlite3"))
     assert sum(batch.row_count for batch in store.pending_raw_batches(limit=10_000)) == 60_000
+
+
+def test_a_drifted_header_flows_through_the_functions_with_every_decision_reported(stack, tmp_path):
+    from tests.unit.test_drift_pipeline import DRIFTED_HEADER, drifted
+
+    path = tmp_path / "Historical_Data.csv"
+    write_csv(path, csv_lines(coins=2, days=10))
+    extract, transform, api = (stack.start(name) for name in ("extract_source_b", "transform_load", "http_api"))
+    requests.post(extract, timeout=60)
+    assert requests.post(transform, timeout=60).json()["run"]["summary"]["drift"] == []
+
+    later = [line for i, line in enumerate(csv_lines(coins=2, days=15)) if i % 15 >= 10]
+    write_csv(path, drifted(later), header=DRIFTED_HEADER)  # renamed, new and dropped columns, re-ordered
+    assert requests.post(extract, timeout=60).status_code == 200
+    run = requests.post(transform, timeout=60).json()["run"]
+    assert run["status"] == "succeeded" and run["rows_out"] == 10
+    decisions = {d["field"]: (d["mapped_to"], d["action"]) for d in run["summary"]["drift"]}
+    assert decisions == {"close_price": ("price_usd", "mapped"), "Volume24h": ("volume_24h_usd", "mapped"),
+                         "MarketCap": ("market_cap_usd", "mapped"), "Exchange": (None, "skipped")}
+    assert len(all_rows(api)) == 30

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 
 import pytest
+import requests
 import responses
 
 from common.config import Settings
@@ -116,8 +117,6 @@ def test_429_honours_retry_after_and_lowers_the_rate(wiring, clock, as_date):
 
 @responses.activate
 def test_5xx_and_timeouts_are_retried_with_backoff(wiring, clock):
-    import requests
-
     responses.get(C_URL, status=503)
     responses.get(C_URL, body=requests.ConnectTimeout("slow"))
     responses.get(C_URL, json=page_of(0, 1))
@@ -210,3 +209,16 @@ def test_wrong_shape_fails_with_a_clear_reason(wiring):
     responses.get(A_URL, json={"tickers": []})
     run = run_extract("a", wiring)
     assert run.status == "failed" and "expected a JSON array of records, got dict" in run.summary["errors"][0]
+
+
+@responses.activate
+@pytest.mark.parametrize("error, expected", [
+    (requests.ConnectionError("Failed to resolve 'c.test' (Name or service not known)"), "cannot connect"),
+    (requests.exceptions.SSLError("certificate verify failed"), "TLS error"),
+])
+def test_dns_and_tls_failures_are_a_clear_reason_not_a_traceback(wiring, error, expected):
+    settings = dataclasses.replace(wiring.settings, http_max_attempts=2)
+    responses.get(C_URL, body=error)
+    responses.get(C_URL, body=error)
+    run = run_extract("c", dataclasses.replace(wiring, settings=settings))
+    assert run.status == "failed" and run.summary["errors"][0].startswith(f"source_c: {expected}")
