@@ -108,3 +108,28 @@ def test_a_drifted_header_flows_through_the_functions_with_every_decision_report
     assert decisions == {"close_price": ("price_usd", "mapped"), "Volume24h": ("volume_24h_usd", "mapped"),
                          "MarketCap": ("market_cap_usd", "mapped"), "Exchange": (None, "skipped")}
     assert len(all_rows(api)) == 30
+
+
+def test_etl_serve_answers_on_its_port(tmp_path):
+    import subprocess
+    import time
+
+    from tests.e2e.conftest import etl_cli, free_port, stage_env
+
+    port = free_port()
+    server = subprocess.Popen(etl_cli("serve", "--port", str(port)), env=stage_env(tmp_path))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.1)
+        assert response.json() == {"status": "ok", "store": "sqlite"} and response.headers["X-Request-ID"]
+        data = requests.get(f"http://127.0.0.1:{port}/data", timeout=5).json()
+        assert data["pagination"]["total"] == 0 and data["data"] == []
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
