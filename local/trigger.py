@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -56,14 +57,19 @@ def call_stage(name: str, url: str, timeout_s: float = 600.0) -> dict:
     except (requests.RequestException, ValueError) as exc:
         return {"stage": name, "http": None, "status": "failed", "error": str(exc)}
     run = body.get("run") or {}
+    summary = run.get("summary") or {}
+    reason = (summary.get("errors") or summary.get("warnings") or [None])[0] or body.get("error")
     return {"stage": name, "http": response.status_code, "status": run.get("status", "failed"),
             "run_id": run.get("run_id"), "rows_in": run.get("rows_in"), "rows_out": run.get("rows_out"),
-            "quarantined": run.get("quarantined"), "error": body.get("error")}
+            "quarantined": run.get("quarantined"), "reason": reason}
 
 
 def run_pipeline(endpoints: Endpoints) -> bool:
-    """One pipeline pass; True when every stage succeeded (a skipped stage means another run is active)."""
-    results = [call_stage(name, endpoints.urls[name]) for name in STAGES]
+    """One pipeline pass: the extracts side by side (each has its own lease and rate budget), then
+    transform_load. True when every stage succeeded or returned partial."""
+    with ThreadPoolExecutor(max_workers=len(EXTRACTS)) as pool:
+        results = list(pool.map(lambda name: call_stage(name, endpoints.urls[name]), EXTRACTS))
+    results.append(call_stage("transform_load", endpoints.urls["transform_load"]))
     for result in results:
         print(json.dumps({k: v for k, v in result.items() if v is not None}), flush=True)
     return all(result["status"] in ("succeeded", "partial") for result in results)
