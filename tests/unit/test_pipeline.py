@@ -1,13 +1,31 @@
-"""Extract + transform/load in-process on a real SQLite store: exactly-once loading, resume, single flight."""
+"""Extract + transform/load in-process on SQLite and on the Mongo adapter (mongomock-ng): exactly-once loading,
+resume, single flight."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from common.pipeline import run_extract, run_transform
 from common.store import DataQuery
-from common.wiring import Wiring
+from common.wiring import Wiring, build_store
 from tests.conftest import FakeClock, csv_lines, write_csv
+
+
+@pytest.fixture(params=["sqlite", "mongomock"])
+def wiring(request, settings):
+    """Every flow here runs on both adapters: nothing above the store port may know which one it has."""
+    if request.param == "sqlite":
+        store = build_store(settings)
+    else:
+        import mongomock_ng
+
+        from common.store.mongo import MongoStore
+
+        store = MongoStore(mongomock_ng.MongoClient(), "etl_test")
+    yield Wiring(settings=settings, store=store)
+    store.close()
 
 
 def keys(store) -> set[tuple[str, str]]:
