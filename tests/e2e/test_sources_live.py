@@ -59,6 +59,8 @@ def test_two_processes_share_one_budget_never_exceed_it_and_use_it(tmp_path, sou
     assert busiest_window(stamps, WINDOW_S) <= LIMIT
     fastest = (len(stamps) - 1) // LIMIT * WINDOW_S  # the least time the limit allows for this many requests
     used = fastest / (stamps[-1] - stamps[0])
+    print(f"shared budget: {len(stamps)} requests in {stamps[-1] - stamps[0]:.2f}s, busiest {WINDOW_S:g}s window "
+          f"{busiest_window(stamps, WINDOW_S)}/{LIMIT}, {used:.1%} of the allowed rate")
     assert used >= 0.9, f"{len(stamps)} requests took {stamps[-1] - stamps[0]:.2f}s; the limit allows {fastest:.2f}s"
 
 
