@@ -12,7 +12,6 @@ import hashlib
 import json
 import operator
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from common.drift.coerce import CoerceError, to_timestamp
 from common.drift.coerce import to_number as coerce_number
@@ -74,24 +73,13 @@ def quarantine_entry(batch: RawBatch, run_id: str, row_number: int | None, raw: 
     }
 
 
-class _Rows:
-    """Turns validated field values into record tuples and master assets."""
-
-    def __init__(self, batch: RawBatch, run_id: str, ingested_at: str, out: Normalized) -> None:
-        self.batch, self.run_id, self.ingested_at, self.out = batch, run_id, ingested_at, out
-
-    def add(self, source_id: str, symbol: str, name: str, observed_at: str, values: Iterable) -> None:
-        assets = self.out.assets
-        asset = assets.get((symbol, name))
-        if asset is None:
-            asset = assets[(symbol, name)] = {
-                "asset_id": make_asset_id(symbol, name), "symbol": symbol, "name": name or None,
-                "source": self.batch.source,
-            }
-        self.out.records.append((
-            idempotency_key(self.batch.source, source_id, observed_at), self.batch.source, source_id, symbol,
-            observed_at, asset["asset_id"], name or None, *values, self.ingested_at, self.run_id,
-        ))
+def _asset(assets: dict[tuple, dict], symbol: str, name: str, source: str) -> dict:
+    """The master asset of (symbol, name), created once per batch."""
+    asset = assets.get((symbol, name))
+    if asset is None:
+        asset = assets[(symbol, name)] = {"asset_id": make_asset_id(symbol, name), "symbol": symbol,
+                                          "name": name or None, "source": source}
+    return asset
 
 
 def _whole_batch(out: Normalized, batch: RawBatch, run_id: str, reason: str) -> Normalized:
@@ -151,11 +139,8 @@ def normalize_csv_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, inges
                 symbol, name = raw_identity[0].strip().upper(), raw_identity[1].strip()
                 if not symbol:
                     raise BadRow(f"missing {symbol_label}")
-                asset = assets.get((symbol, name))
-                if asset is None:
-                    asset = assets[(symbol, name)] = {"asset_id": make_asset_id(symbol, name), "symbol": symbol,
-                                                      "name": name or None, "source": source}
-                identity = identities[raw_identity] = (symbol, name or None, asset["asset_id"],
+                identity = identities[raw_identity] = (symbol, name or None,
+                                                       _asset(assets, symbol, name, source)["asset_id"],
                                                        key_prefix(source, symbol))
             stamp = cells[i_time]
             moment = times.get(stamp)
@@ -232,7 +217,6 @@ def normalize_json_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, inge
     paths = {canonical: tuple(incoming.split(".")) for incoming, canonical in match.mapping.items()}
     labels = {canonical: incoming for incoming, canonical in match.mapping.items()}
     numbers = [name for name in NUMBER_FIELDS if name in paths]
-    rows = _Rows(batch, run_id, ingested_at, out)
     for index, record in enumerate(records, start=1):
         try:
             if not isinstance(record, dict):
@@ -250,5 +234,10 @@ def normalize_json_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, inge
             out.quarantine.append(quarantine_entry(batch, run_id, index, json.dumps(record), str(bad)))
             continue
         name = _text(_at_path(record, paths["name"])) if "name" in paths else ""
-        rows.add(source_id or symbol, symbol, name, observed_at, (found.get(n) for n in NUMBER_FIELDS))
+        source_id = source_id or symbol
+        out.records.append((
+            idempotency_key(batch.source, source_id, observed_at), batch.source, source_id, symbol, observed_at,
+            _asset(out.assets, symbol, name, batch.source)["asset_id"], name or None,
+            *(found.get(n) for n in NUMBER_FIELDS), ingested_at, run_id,
+        ))
     return out
