@@ -20,7 +20,7 @@ from common.sources import SourceSpec
 from common.sources.ratelimit import SourceLimiter, WindowFull
 
 MAX_EVENTS = 200
-USER_AGENT = "crypto-etl/0.1 (+https://github.com/)"
+USER_AGENT = "crypto-etl/0.1"
 
 
 def retry_after_seconds(value: str | None, clock: Clock, default: float) -> float:
@@ -72,7 +72,7 @@ class PageFetcher:
             retry=retry_if_exception_type(SourceUnavailable),
             wait=self._wait,
             stop=stop_after_attempt(self.http.max_attempts) | self._past_deadline,
-            sleep=self._sleep,
+            sleep=self.sleep,
             before_sleep=lambda state: self._note_retry(state, page),
             reraise=True,
         )
@@ -145,9 +145,6 @@ class PageFetcher:
             raise BudgetExhausted(f"{self.spec.name}: the next retry (in {state.upcoming_sleep:.1f}s) is past the "
                                   f"invocation deadline; resuming next invocation")
         return False
-
-    def _sleep(self, seconds: float) -> None:
-        self.sleep(seconds)
 
     def _note_retry(self, state: RetryCallState, page: int | None) -> None:
         error = state.outcome.exception()
