@@ -106,7 +106,7 @@ class SourceLimiter:
                  sleep: Callable[[float], None], safety_ms: int | None = None) -> None:
         self.store, self.source, self.rate, self.clock, self.sleep = store, source, rate, clock, sleep
         # arrival jitter on the server side must not turn our N-per-window into N+1 in its window
-        self.safety_ms = safety_ms if safety_ms is not None else max(50, rate.interval_ms // 50)
+        self.safety_ms = safety_ms if safety_ms is not None else max(100, rate.interval_ms // 40)
         self.bucket = StoreBucket(store, f"limiter:{source}", [self._rate(1.0)], clock)
         self.limiter = Limiter(SingleBucketFactory(self.bucket, schedule_leak=False))
         self.waited_s = 0.0
