@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test install bench data clean
+.PHONY: run demo test install bench data package clean
 
 run: install ## set up and run the whole stack on the embedded SQLite store (Ctrl-C stops it)
 	$(PY) -m local.run_local
@@ -29,5 +29,11 @@ bench: install ## the ingest benchmark (1M rows; prints ratios measured in one r
 data: install ## regenerate the shipped Historical_Data.csv
 	$(PY) -m local.generate_csv --out data/Historical_Data.csv
 
+package: ## build/<function>/: main.py + requirements.txt + common/, one deployable directory per function
+	rm -rf build
+	for f in functions/*/; do name=$$(basename $$f); mkdir -p build/$$name; \
+	  cp $$f/main.py $$f/requirements.txt build/$$name/; cp -r common build/$$name/; \
+	  find build/$$name -name __pycache__ -prune -exec rm -rf {} +; done
+
 clean:
-	rm -rf $(VENV) data/etl.sqlite3* .run
+	rm -rf $(VENV) data/etl.sqlite3* .run build

@@ -77,6 +77,8 @@ class Settings:
             drift_threshold=reader.number("DRIFT_THRESHOLD", 0.8, float, minimum=0.0),
             field_aliases=reader.aliases("FIELD_ALIASES"),
         )
+        if settings.source_c_per_page > 250:
+            raise ConfigError(f"SOURCE_C_PER_PAGE must be between 1 and 250, got {settings.source_c_per_page}")
         if settings.drift_threshold > 1:
             raise ConfigError(f"DRIFT_THRESHOLD must be between 0 and 1, got {settings.drift_threshold}")
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -1,0 +1,1 @@
+"""The shared package of every function: configuration, stores, sources, the pipeline stages and the API."""
