@@ -3,7 +3,6 @@
     EtlError                      base; .retryable, .http_status, .context
     ├── ConfigError               bad or missing environment settings (500, fatal)
     ├── InputError                a caller sent something invalid (400, fatal)
-    ├── NotFound                  a requested resource does not exist (404, fatal)
     ├── MethodNotAllowed          wrong HTTP method for an endpoint (405, fatal)
     ├── LeaseLost                 our stage lease expired and was taken over (409, stop: the new owner goes on)
     ├── BudgetExhausted           the invocation deadline is near: checkpoint and return `partial` (200)
@@ -45,13 +44,6 @@ class InputError(EtlError):
     code = "invalid_input"
 
 
-class NotFound(EtlError):
-    """The requested resource does not exist."""
-
-    http_status = 404
-    code = "not_found"
-
-
 class MethodNotAllowed(EtlError):
     """The endpoint does not accept this HTTP method (stage functions only take POST)."""
 
@@ -88,14 +80,6 @@ class SourceUnavailable(SourceError):
     code = "source_unavailable"
 
 
-class StoreError(EtlError):
-    """The state store failed; the operation can be retried."""
-
-    retryable = True
-    http_status = 503
-    code = "store_unavailable"
-
-
 class RateLimited(SourceUnavailable):
     """The source refused with 429; `retry_after_s` says when it will take requests again."""
 
@@ -105,3 +89,11 @@ class RateLimited(SourceUnavailable):
     def __init__(self, message: str, retry_after_s: float, **context: object) -> None:
         super().__init__(message, **context)
         self.retry_after_s = retry_after_s
+
+
+class StoreError(EtlError):
+    """The state store failed; the operation can be retried."""
+
+    retryable = True
+    http_status = 503
+    code = "store_unavailable"

@@ -13,7 +13,7 @@ import requests
 
 from local.run_local import start_function
 from tests.conftest import ROOT
-from tests.e2e.emulator_fixture import source_emulator, source_emulator_process  # noqa: F401 (fixtures)
+from tests.e2e.emulator_fixture import source_emulator  # noqa: F401 (fixture)
 
 
 def free_port() -> int:
