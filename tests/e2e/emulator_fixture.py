@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from local.emulator import Emulator, EmulatorConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
