@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from local.emulator import Emulator, EmulatorConfig
-
 
 
 @pytest.fixture
