@@ -107,10 +107,16 @@ class CsvFile:
             return self.start_position(data_start), "file content changed since the last run (replaced); re-reading it"
         return position, None
 
-    def _tail_hash(self, offset: int) -> str:
-        with self._open() as handle:
-            handle.seek(max(0, offset - TAIL_BYTES))
-            return _digest(handle.read(min(offset, TAIL_BYTES)))
+    def _tail_hash(self, offset: int, handle: BinaryIO | None = None) -> str:
+        """Hash of the bytes just before `offset` (on `handle` if given, leaving its position unchanged)."""
+        if handle is None:
+            with self._open() as own:
+                return self._tail_hash(offset, own)
+        position = handle.tell()
+        handle.seek(max(0, offset - TAIL_BYTES))
+        digest = _digest(handle.read(min(offset, TAIL_BYTES)))
+        handle.seek(position)
+        return digest
 
     def chunks(self, position: FilePosition) -> Iterator[tuple[CsvChunk, FilePosition]]:
         """Chunks from `position` to the end of file, each with the position just after it."""
@@ -122,7 +128,8 @@ class CsvFile:
                 if chunk is None:
                     return
                 offset, row = chunk.end, row + chunk.row_count
-                after = FilePosition(position.identity, position.prefix_len, offset, row, self._tail_hash(offset))
+                after = FilePosition(position.identity, position.prefix_len, offset, row,
+                                     self._tail_hash(offset, handle))
                 yield chunk, after
 
     def _read_chunk(self, handle: BinaryIO, start: int, first_row: int) -> CsvChunk | None:
