@@ -221,13 +221,7 @@ class SqliteStore(Store):
             ).rowcount == 1
 
     def count_raw_batches(self, source: str | None = None, pending_only: bool = False) -> int:
-        clauses, params = [], []
-        if source:
-            clauses.append("source = ?")
-            params.append(source)
-        if pending_only:
-            clauses.append("status = 'pending'")
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _where({"source": source or None}, *(["status = 'pending'"] if pending_only else []))
         return self._read(f"SELECT COUNT(*) FROM raw_batches {where}", params)[0][0]
 
     # --- transform output ---------------------------------------------------------------------------------------
@@ -264,12 +258,7 @@ class SqliteStore(Store):
 
     # --- reads ----------------------------------------------------------------------------------------------------
     def query_normalized(self, query: DataQuery) -> Page:
-        clauses, params = [], []
-        for column, value in (("symbol", query.symbol), ("source", query.source), ("asset_id", query.asset_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _where({"symbol": query.symbol, "source": query.source, "asset_id": query.asset_id})
         direction = "DESC" if query.descending else "ASC"
         rows = self._read(
             f"SELECT {_COLUMNS} FROM normalized {where} "
@@ -298,13 +287,7 @@ class SqliteStore(Store):
 
     @staticmethod
     def _quarantine_where(source: str | None, unresolved_only: bool) -> tuple[str, list]:
-        clauses, params = [], []
-        if source:
-            clauses.append("source = ?")
-            params.append(source)
-        if unresolved_only:
-            clauses.append("resolved_at IS NULL")
-        return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+        return _where({"source": source or None}, *(["resolved_at IS NULL"] if unresolved_only else []))
 
     def list_quarantine(self, source: str | None = None, limit: int = 100, offset: int = 0,
                         unresolved_only: bool = False) -> list[dict]:
@@ -345,25 +328,22 @@ class SqliteStore(Store):
         return Run(**json.loads(rows[0][0])) if rows else None
 
     def list_runs(self, stage: str | None = None, source: str | None = None, limit: int = 50) -> list[Run]:
-        clauses, params = [], []
-        for column, value in (("stage", stage), ("source", source)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _where({"stage": stage, "source": source})
         rows = self._read(f"SELECT doc FROM runs {where} ORDER BY started_at DESC, run_id DESC LIMIT ?", (*params, limit))
         return [Run(**json.loads(r[0])) for r in rows]
 
     def last_run(self, statuses: Sequence[str], stage: str | None = None) -> Run | None:
-        marks = ", ".join("?" * len(statuses))
-        clauses, params = [f"status IN ({marks})"], list(statuses)
-        if stage is not None:
-            clauses.append("stage = ?")
-            params.append(stage)
-        rows = self._read(
-            f"SELECT doc FROM runs WHERE {' AND '.join(clauses)} ORDER BY started_at DESC, run_id DESC LIMIT 1", params
-        )
+        where, params = _where({"stage": stage}, f"status IN ({', '.join('?' * len(statuses))})")
+        rows = self._read(f"SELECT doc FROM runs {where} ORDER BY started_at DESC, run_id DESC LIMIT 1",
+                          [*statuses, *params])
         return Run(**json.loads(rows[0][0])) if rows else None
+
+
+def _where(equal: dict[str, object], *conditions: str) -> tuple[str, list]:
+    """`WHERE` for the fixed `conditions` (no parameters) and `column = ?` for every value that is not None."""
+    given = {column: value for column, value in equal.items() if value is not None}
+    clauses = [*conditions, *(f"{column} = ?" for column in given)]
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), list(given.values())
 
 
 def _batch(row: tuple) -> RawBatch:
