@@ -262,19 +262,16 @@ def parent_main(args: argparse.Namespace) -> int:
         # each is used. The floor is cheap, so it is sampled several times by default: a floor measured in a slow
         # moment would flatter the ratio, the minimum cannot.
         floors, pipes = [], []
+        plan = (("floor", args.floor_runs, floor_db, floors, "csv.reader + executemany, fresh SQLite file"),
+                ("pipeline", args.pipeline_runs, pipe_db, pipes, "extract + transform/load, fresh store"))
         for index in range(max(args.floor_runs, args.pipeline_runs)):
-            if index < args.floor_runs:
-                log(f"floor #{index + 1}/{args.floor_runs}: csv.reader + executemany, fresh SQLite file")
-                remove_db(floor_db)
-                floors.append(spawn("floor", big_csv, floor_db))
-                floors[-1]["db_bytes"] = db_bytes(floor_db)
-                log(f"floor #{index + 1}: {floors[-1]['work_s']:.2f}s")
-            if index < args.pipeline_runs:
-                log(f"pipeline #{index + 1}/{args.pipeline_runs}: extract + transform/load, fresh store")
-                remove_db(pipe_db)
-                pipes.append(spawn("pipeline", big_csv, pipe_db))
-                pipes[-1]["db_bytes"] = db_bytes(pipe_db)
-                log(f"pipeline #{index + 1}: {pipes[-1]['work_s']:.2f}s")
+            for kind, runs, db, samples, what in plan:
+                if index < runs:
+                    log(f"{kind} #{index + 1}/{runs}: {what}")
+                    remove_db(db)
+                    samples.append(spawn(kind, big_csv, db))
+                    samples[-1]["db_bytes"] = db_bytes(db)
+                    log(f"{kind} #{index + 1}: {samples[-1]['work_s']:.2f}s")
         floor = min(floors, key=lambda r: r["work_s"])
         pipe = min(pipes, key=lambda r: r["work_s"])
         log("no-op rerun: same file, same store as the last pipeline run")
