@@ -118,9 +118,9 @@ class SourceLimiter:
         state, version = self.store.get_state(f"adaptive:{self.source}")
         return state or {"factor": 1.0, "since": 0.0, "blocked_until": 0.0}, version
 
-    def factor(self) -> float:
+    def factor(self, state: dict | None = None) -> float:
         """The share of the configured rate in force now (recovers additively after each 429 halving)."""
-        state, _ = self._adaptive()
+        state = state if state is not None else self._adaptive()[0]
         windows = max(0.0, self.clock() - state["since"]) * 1000 / self.rate.interval_ms
         return min(1.0, state["factor"] + RECOVERY_PER_INTERVAL * windows)
 
@@ -132,7 +132,7 @@ class SourceLimiter:
             state, _ = self._adaptive()
             blocked = state["blocked_until"] - self.clock()
             if blocked <= 0:
-                self.bucket.rates = [self._rate(self.factor())]
+                self.bucket.rates = [self._rate(self.factor(state))]
                 if self.limiter.try_acquire(self.source, blocking=False):
                     self.waited_s += waited
                     return waited
@@ -147,7 +147,7 @@ class SourceLimiter:
         for _ in range(CAS_ATTEMPTS):
             state, version = self._adaptive()
             now = self.clock()
-            factor = max(MIN_FACTOR, self.factor() / 2)
+            factor = max(MIN_FACTOR, self.factor(state) / 2)
             update = {"factor": factor, "since": now, "blocked_until": max(state["blocked_until"], now + retry_after_s)}
             if self.store.cas_state(f"adaptive:{self.source}", update, version):
                 return factor
