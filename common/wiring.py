@@ -31,7 +31,8 @@ def build_store(settings: Settings, clock: Clock = system_clock) -> Store:
 
 
 @functools.lru_cache(maxsize=8)
-def _wiring_for(settings: Settings) -> Wiring:
+def wiring_for(settings: Settings) -> Wiring:
+    """The wiring for `settings`, built once per process."""
     return Wiring(settings=settings, store=build_store(settings))
 
 
@@ -41,4 +42,4 @@ def get_wiring() -> Wiring:
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    return _wiring_for(settings)
+    return wiring_for(settings)

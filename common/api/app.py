@@ -14,7 +14,7 @@ from common.api.params import parse_data_query, single_values
 from common.config import Settings
 from common.errors import EtlError
 from common.http import request_id_of
-from common.wiring import Wiring, _wiring_for, get_wiring
+from common.wiring import Wiring, get_wiring, wiring_for
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _error(status: int, code: str, message: str):
 
 @functools.lru_cache(maxsize=8)
 def _app_for(settings: Settings) -> flask.Flask:
-    return create_app(_wiring_for(settings))
+    return create_app(wiring_for(settings))
 
 
 def app_for_environment() -> flask.Flask:
