@@ -24,7 +24,8 @@ class Settings:
     csv_chunk_rows: int = 20_000
     csv_max_line_bytes: int = 1 << 20
     invocation_budget_s: float = 540.0
-    lease_ttl_s: float = 120.0
+    lease_ttl_s: float = 20.0
+    store_timeout_s: float = 3.0
     log_level: str = "INFO"
     source_a_url: str = DEFAULT_SOURCE_A_URL
     source_a_api_key: str | None = field(default=None, repr=False)
@@ -39,11 +40,21 @@ class Settings:
     transform_workers: int = 1
     drift_threshold: float = 0.8
     field_aliases: str = ""  # JSON, see common.drift.mapping.parse_field_aliases
+    field_formats: str = ""  # JSON, see common.drift.formats.parse_field_formats
+    csv_settle_s: float = 2.0
+    max_server_wait_s: float = 3600.0
+    source_pass_interval_s: float = 3600.0
+    quarantine_max_ratio: float = 0.5
 
     def aliases_for(self, source: str) -> dict[str, list[str]]:
         from common.drift.mapping import parse_field_aliases
 
         return parse_field_aliases(self.field_aliases).get(source, {})
+
+    def formats_for(self, source: str) -> dict[str, str]:
+        from common.drift.formats import parse_field_formats
+
+        return parse_field_formats(self.field_formats).get(source, {})
 
     @property
     def store_kind(self) -> str:
@@ -60,7 +71,8 @@ class Settings:
             csv_chunk_rows=reader.number("CSV_CHUNK_ROWS", 20_000, int, minimum=1),
             csv_max_line_bytes=reader.number("CSV_MAX_LINE_BYTES", 1 << 20, int, minimum=64),
             invocation_budget_s=reader.number("INVOCATION_BUDGET_S", 540.0, float, minimum=1),
-            lease_ttl_s=reader.number("LEASE_TTL_S", 120.0, float, minimum=0.1),
+            lease_ttl_s=reader.number("LEASE_TTL_S", 20.0, float, minimum=0.1),
+            store_timeout_s=reader.number("STORE_TIMEOUT_S", 3.0, float, minimum=0.05),
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
             source_a_url=reader.url("SOURCE_A_URL", DEFAULT_SOURCE_A_URL),
             source_a_api_key=reader.text("SOURCE_A_API_KEY") or None,
@@ -76,11 +88,18 @@ class Settings:
                                             minimum=0),
             drift_threshold=reader.number("DRIFT_THRESHOLD", 0.8, float, minimum=0.0),
             field_aliases=reader.aliases("FIELD_ALIASES"),
+            field_formats=reader.formats("FIELD_FORMATS"),
+            csv_settle_s=reader.number("CSV_SETTLE_S", 2.0, float, minimum=0.0),
+            max_server_wait_s=reader.number("MAX_SERVER_WAIT_S", 3600.0, float, minimum=0.0),
+            source_pass_interval_s=reader.number("SOURCE_PASS_INTERVAL_S", 3600.0, float, minimum=1.0),
+            quarantine_max_ratio=reader.number("QUARANTINE_MAX_RATIO", 0.5, float, minimum=0.0),
         )
         if settings.source_c_per_page > 250:
             raise ConfigError(f"SOURCE_C_PER_PAGE must be between 1 and 250, got {settings.source_c_per_page}")
         if settings.drift_threshold > 1:
             raise ConfigError(f"DRIFT_THRESHOLD must be between 0 and 1, got {settings.drift_threshold}")
+        if settings.quarantine_max_ratio > 1:
+            raise ConfigError(f"QUARANTINE_MAX_RATIO must be between 0 and 1, got {settings.quarantine_max_ratio}")
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
         return settings
@@ -104,6 +123,13 @@ class _EnvReader:
 
         value = self.text(name)
         parse_field_aliases(value)  # validated at start-up
+        return value
+
+    def formats(self, name: str) -> str:
+        from common.drift.formats import parse_field_formats
+
+        value = self.text(name)
+        parse_field_formats(value)  # validated at start-up
         return value
 
     def rate(self, name: str, default: str) -> str:

@@ -39,5 +39,10 @@ def asset_id(symbol: str, name: str) -> str:
     return f"{slug(symbol)}-{slug(name)}" if name.strip() else slug(symbol)
 
 
+def csv_source_id(symbol: str, name: str) -> str:
+    """A CSV coin's record id: symbol and name together, since tickers collide (Uniswap and Universe are both UNI)."""
+    return asset_id(symbol, name)
+
+
 def short_hash(*parts: str, length: int = 16) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:length]

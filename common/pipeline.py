@@ -5,7 +5,8 @@ from __future__ import annotations
 import requests
 
 from common.clock import Deadline
-from common.extract import Progress, extract_csv, extract_http
+from common.extract import Progress, extract_csv
+from common.extract_http import extract_http
 from common.runs import LeaseKeeper, run_stage
 from common.sources import SourceSpec, source_spec
 from common.sources.http_client import PageFetcher
