@@ -1,47 +1,56 @@
-"""Glue shared by the stage functions: one request in, one stage run, one JSON response out."""
+"""Glue shared by the stage functions: one request in, one stage run, one JSON response out.
+
+Whatever goes wrong — a wrong method or path, a request target over the limit, settings or a store that cannot
+be built, a bug — the answer is the shared JSON envelope (`common.api.envelope`), never functions-framework's
+HTML page or a traceback.
+"""
 
 from __future__ import annotations
 
-import logging
-import re
-import uuid
 from typing import Callable
 
 import flask
+from werkzeug.exceptions import HTTPException, NotFound
 
-from common.errors import EtlError, MethodNotAllowed
+from common.api.envelope import any_error_response, etl_error_response, request_id_of
+from common.api.limits import check_target
+from common.errors import MethodNotAllowed
 from common.store import Run
 from common.wiring import Wiring, get_wiring
 
-log = logging.getLogger(__name__)
-
 STATUS_CODES = {"succeeded": 200, "partial": 200, "skipped": 409, "failed": 500, "running": 202}
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
-
-def request_id_of(request: flask.Request) -> str:
-    """The caller's X-Request-ID when it is safe to echo, else a fresh one."""
-    given = request.headers.get("X-Request-ID", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-
-
-def error_response(error: EtlError, request_id: str) -> flask.Response:
-    response = flask.jsonify({"error": {**error.to_dict(), "request_id": request_id}})
-    response.status_code = error.http_status
-    response.headers["X-Request-ID"] = request_id
-    return response
+__all__ = ["STATUS_CODES", "json_framework_errors", "request_id_of", "stage_response"]
 
 
 def stage_response(request: flask.Request, action: Callable[[Wiring], Run]) -> flask.Response:
-    """Run one stage for a POST and answer with its ledger entry: 200 done/partial, 409 skipped, 500 failed."""
+    """Run one stage for a POST to `/` and answer with its ledger entry: 200 done/partial, 409 skipped, 500 failed."""
     request_id = request_id_of(request)
-    if request.method != "POST":
-        return error_response(MethodNotAllowed("use POST to run this stage"), request_id)
     try:
+        check_target(request.environ)
+        if request.path != "/":
+            raise NotFound("a stage function runs at / only")
+        if request.method != "POST":
+            response = etl_error_response(MethodNotAllowed("use POST to run this stage"), request_id)
+            response.headers["Allow"] = "POST"
+            return response
         run = action(get_wiring())
-    except EtlError as exc:
-        return error_response(exc, request_id)
+    except Exception as exc:  # noqa: BLE001 - the edge: every failure becomes the JSON envelope
+        return any_error_response(exc, request_id)
     response = flask.jsonify({"run": run.to_dict()})
     response.status_code = STATUS_CODES[run.status]
     response.headers.update({"X-Request-ID": request_id, "X-Run-ID": run.run_id})
     return response
+
+
+def json_framework_errors(errorhandler) -> None:
+    """Answer functions-framework's own errors (its /favicon.ico and /robots.txt 404s, a crash) in JSON.
+
+    `errorhandler` is `functions_framework.errorhandler`, which registers on the framework's Flask app while it
+    loads the function's module."""
+    errorhandler(HTTPException)(_framework_error)
+    errorhandler(Exception)(_framework_error)
+
+
+def _framework_error(error: Exception) -> flask.Response:
+    return any_error_response(error, request_id_of(flask.request))

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import time
 
 import flask
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
 
+from common.api.envelope import (any_error_response, etl_error_response, http_error_response, request_id_of,
+                                 unexpected_error_response)
+from common.api.limits import check_target
 from common.api.params import parse_data_query, single_values
+from common.api.trace import LastRunId
 from common.config import Settings
-from common.errors import EtlError
-from common.http import request_id_of
+from common.errors import EtlError, StoreError
 from common.wiring import Wiring, get_wiring, wiring_for
-
-log = logging.getLogger(__name__)
-
-LAST_GOOD = ("succeeded", "partial")
 
 
 def create_app(wiring: Wiring) -> flask.Flask:
@@ -26,36 +25,34 @@ def create_app(wiring: Wiring) -> flask.Flask:
     app = flask.Flask(__name__)
     app.json.sort_keys = False
     store = wiring.store
+    run_id = LastRunId(store, wiring.clock)
 
     @app.before_request
-    def start_clock() -> None:
+    def start() -> None:
         flask.g.started = time.perf_counter()
         flask.g.request_id = request_id_of(flask.request)
+        check_target(flask.request.environ)
 
     @app.after_request
     def trace_headers(response: flask.Response) -> flask.Response:
-        response.headers["X-Request-ID"] = flask.g.get("request_id") or request_id_of(flask.request)
-        response.headers["X-API-Latency-Ms"] = f"{(time.perf_counter() - flask.g.get('started', time.perf_counter())) * 1000:.2f}"
-        try:
-            last = store.last_run(LAST_GOOD, stage="transform_load") or store.last_run(LAST_GOOD)
-        except EtlError:
-            last = None
-        response.headers["X-Run-ID"] = last.run_id if last else "none"
+        started = flask.g.get("started", time.perf_counter())
+        response.headers["X-Request-ID"] = _request_id()
+        response.headers["X-API-Latency-Ms"] = f"{(time.perf_counter() - started) * 1000:.2f}"
+        response.headers["X-Run-ID"] = run_id.current(store_failed=flask.g.get("store_failed", False))
         return response
 
     @app.errorhandler(EtlError)
     def etl_error(error: EtlError):
-        return _error(error.http_status, error.code, error.message)
+        flask.g.store_failed = isinstance(error, StoreError)
+        return etl_error_response(error, _request_id())
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        code = (error.name or "error").lower().replace(" ", "_")
-        return _error(error.code or 500, code, error.description or error.name)
+        return http_error_response(error, _request_id())
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
-        log.exception("unhandled error in API request %s", flask.g.get("request_id"))
-        return _error(500, "internal_error", "internal server error; see the logs for the request id")
+        return unexpected_error_response(error, _request_id())
 
     @app.get("/health")
     def health():
@@ -78,9 +75,10 @@ def create_app(wiring: Wiring) -> flask.Flask:
     return app
 
 
-def _error(status: int, code: str, message: str):
-    body = {"error": {"code": code, "message": message, "request_id": flask.g.get("request_id")}}
-    return flask.jsonify(body), status
+def _request_id() -> str:
+    if "request_id" not in flask.g:
+        flask.g.request_id = request_id_of(flask.request)
+    return flask.g.request_id
 
 
 @functools.lru_cache(maxsize=8)
@@ -89,5 +87,16 @@ def _app_for(settings: Settings) -> flask.Flask:
 
 
 def app_for_environment() -> flask.Flask:
-    """The API for the current environment, built once per process (and per settings)."""
+    """The API for the current environment, built once per process (and per settings).
+
+    Raises `ConfigError` (an `EtlError`) when the settings or the store cannot be built."""
     return _app_for(get_wiring().settings)
+
+
+def api_response(request: flask.Request) -> flask.Response:
+    """Serve one request through the API app (the `http_api` function's body); bad settings answer JSON too."""
+    try:
+        app = app_for_environment()
+    except Exception as exc:  # noqa: BLE001 - whatever stops the app being built is answered in JSON
+        return any_error_response(exc, request_id_of(request))
+    return Response.from_app(app.wsgi_app, request.environ)

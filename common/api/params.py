@@ -13,26 +13,29 @@ from common.store import SORTABLE_FIELDS, DataQuery
 
 MAX_LIMIT = 1000
 MAX_PAGE = 1_000_000
-_SYMBOL = re.compile(r"^[A-Za-z0-9.$_-]{1,20}$")
-_ASSET_ID = re.compile(r"^[a-z0-9-]{1,100}$")
+_ASCII_INT = re.compile(r"[0-9]{1,9}")  # not str.isdigit: it accepts '²', '٣', '５', which int() or later code rejects
+_BLANKS = " \t"
+_SYMBOL = re.compile(r"[A-Za-z0-9.$_-]{1,20}")
+_ASSET_ID = re.compile(r"[a-z0-9-]{1,100}")
 DATA_PARAMS = ("page", "limit", "symbol", "source", "asset_id", "sort_by", "order")
 
 
 def single_values(args: MultiDict, allowed: tuple[str, ...]) -> Mapping[str, str]:
     unknown = sorted(set(args) - set(allowed))
     if unknown:
-        raise InputError(f"unknown query parameter(s): {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        names = ", ".join(name[:40] for name in unknown[:10])
+        raise InputError(f"unknown query parameter(s): {names}; allowed: {', '.join(allowed)}")
     repeated = sorted(key for key in args if len(args.getlist(key)) > 1)
     if repeated:
-        raise InputError(f"query parameter(s) given more than once: {', '.join(repeated)}")
-    return {key: args[key].strip() for key in args}
+        raise InputError(f"query parameter(s) given more than once: {', '.join(repeated)}")  # known names only
+    return {key: args[key].strip(_BLANKS) for key in args}
 
 
 def bounded_int(values: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = values.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _ASCII_INT.fullmatch(raw) or not low <= int(raw) <= high:
         raise InputError(f"{name} must be an integer from {low} to {high}, got {raw[:40]!r}")
     return int(raw)
 
@@ -41,7 +44,7 @@ def matching(values: Mapping[str, str], name: str, pattern: re.Pattern, hint: st
     raw = values.get(name)
     if raw is None or raw == "":
         return None
-    if not pattern.match(raw):
+    if not pattern.fullmatch(raw):
         raise InputError(f"{name} must be {hint}, got {raw[:40]!r}")
     return raw
 

@@ -2,8 +2,10 @@
 
 import functions_framework
 
-from common.http import stage_response
+from common.http import json_framework_errors, stage_response
 from common.pipeline import run_extract
+
+json_framework_errors(functions_framework.errorhandler)  # the framework's own 404s and crashes answer JSON too
 
 
 @functions_framework.http

@@ -1,11 +1,13 @@
 """HTTP handler: the public REST API (a Flask app built on first call, served through the function)."""
 
 import functions_framework
-from werkzeug.wrappers import Response
 
-from common.api.app import app_for_environment
+from common.api.app import api_response
+from common.http import json_framework_errors
+
+json_framework_errors(functions_framework.errorhandler)  # the framework's own 404s and crashes answer JSON too
 
 
 @functions_framework.http
 def http_api(request):
-    return Response.from_app(app_for_environment().wsgi_app, request.environ)
+    return api_response(request)

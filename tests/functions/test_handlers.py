@@ -50,7 +50,7 @@ def test_a_failed_run_is_a_500_with_the_reason(env):
     response = client("extract_source_b").post("/")
     assert response.status_code == 500
     run = response.get_json()["run"]
-    assert run["status"] == "failed" and "not found" in run["summary"]["errors"][0]
+    assert run["status"] == "failed" and "Historical_Data.csv" in run["summary"]["errors"][0]
 
 
 def test_stage_functions_only_accept_post(env):
