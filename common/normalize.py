@@ -1,8 +1,10 @@
 """Raw batch -> normalized record tuples, master assets and quarantine entries (the transform's pure core).
 
 Incoming names are mapped onto the source's canonical fields by a `FieldMapper` (schema drift absorbed, every
-decision recorded); values are coerced at the edge (`common.drift.coerce`); a row that cannot be loaded becomes
-a quarantine entry with its raw text and the reason.
+decision recorded); values are coerced at the edge (`common.drift.coerce`, one path for every source: the CSV fast
+path only takes cells that `float()` and `to_number` read alike); timestamps in a non-standard format are read with
+the declared or learned format, or held until every value of the batch has been seen and the format inferred
+(`mapper.formats`); a row that cannot be loaded becomes a quarantine entry with its raw text and the reason.
 """
 
 from __future__ import annotations
@@ -13,17 +15,20 @@ import json
 import operator
 from dataclasses import dataclass, field
 
-from common.drift.coerce import CoerceError, to_timestamp
+from common.drift.coerce import CoerceError
 from common.drift.coerce import to_number as coerce_number
-from common.drift.mapping import FieldMapper
+from common.drift.formats import Undecided
+from common.drift.mapping import FieldMapper, ValueFormats
 from common.ids import asset_id as make_asset_id
-from common.ids import idempotency_key, key_prefix, short_hash
+from common.ids import csv_source_id, idempotency_key, key_prefix, short_hash
 from common.store import RawBatch
 
 NUMBER_FIELDS = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd")
 """The numeric fields in NORMALIZED_FIELDS order; price_usd is required."""
 SAMPLE_ROWS = 20
 MAX_RAW_CHARS = 64 * 1024
+HOLD = ("held", b"")
+"""A row's timestamp format is still being inferred: the row waits for the batch's second pass."""
 
 
 @dataclass
@@ -54,11 +59,13 @@ def number(value: object, label: str, *, required: bool = False) -> float | None
     return result
 
 
-def timestamp(value: object, label: str) -> str:
+def timestamp(value: object, label: str, formats: ValueFormats, *, final: bool = True) -> str:
+    """The observed_at of a row; Undecided (with `final=False`) while its format is still being inferred."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise BadRow(f"missing {label}")
     try:
-        return to_timestamp(value.strip() if isinstance(value, str) else value)
+        return formats.timestamp("observed_at", label, value.strip() if isinstance(value, str) else value,
+                                 final=final)
     except CoerceError as exc:
         raise BadRow(f"unparsable timestamp in {label}: {exc}") from None
 
@@ -96,7 +103,10 @@ def _split_csv(line: str) -> list[str]:
 
 
 def normalize_csv_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, ingested_at: str) -> Normalized:
-    """Parse a `csv_lines` batch: every non-blank line becomes one record or one quarantine entry."""
+    """Parse a `csv_lines` batch: every non-blank line becomes one record or one quarantine entry.
+
+    Two passes only when needed: rows whose timestamp format is still being inferred wait until every line of
+    the batch has been seen, then load (or are quarantined as ambiguous) in a second pass over just them."""
     out = Normalized()
     for reject in batch.rejects:
         out.quarantine.append(quarantine_entry(batch, run_id, reject["row_number"], reject["raw"], reject["reason"]))
@@ -104,6 +114,11 @@ def normalize_csv_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, inges
     lines = batch.payload.split("\n")
     if batch.payload.endswith("\n"):
         lines.pop()
+    placeholders = 0  # lines the reader rejected (already quarantined above) are neither rows nor blank lines
+    for reject in batch.rejects:
+        offset = reject["row_number"] - batch.first_row
+        if 0 <= offset < len(lines):
+            lines[offset], placeholders = "", placeholders + 1
     sample_rows = [line.rstrip("\r").split(",") for line in lines[: SAMPLE_ROWS * 2] if line.strip()][:SAMPLE_ROWS]
     samples = {name: [row[i] for row in sample_rows if i < len(row)] for i, name in enumerate(header)}
     match = mapper.map(header, samples)
@@ -118,50 +133,69 @@ def normalize_csv_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, inges
     numbers_of = operator.itemgetter(*(columns[name] for name in present))
     complete = len(present) == len(NUMBER_FIELDS)
     times: dict[str, tuple[str, bytes]] = {}
-    identities: dict[tuple[str, str], tuple[str, str | None, str, bytes]] = {}
-    source, assets, append = batch.source, out.assets, out.records.append
+    identities: dict[tuple[str, str], tuple[str, str, str | None, str, bytes]] = {}
+    source, assets, append, formats = batch.source, out.assets, out.records.append, mapper.formats
     blake2b = hashlib.blake2b  # inlined ids.key_from_parts: same bytes, no call per row
     symbol_label, time_label = labels["symbol"], labels["observed_at"]
+    held: list[tuple[int, str]] = []
+    work, final = enumerate(lines), False
 
-    for offset, line in enumerate(lines):
-        if line.endswith("\r"):
-            line = line[:-1]
-        if not line or line.isspace():
-            out.blank_lines += 1
-            continue
-        try:
-            cells = _split_csv(line) if '"' in line else line.split(",")
-            if len(cells) != width:
-                raise BadRow(f"expected {width} columns, got {len(cells)}")
-            raw_identity = (cells[i_symbol], cells[i_name] if i_name is not None else "")
-            identity = identities.get(raw_identity)
-            if identity is None:
-                symbol, name = raw_identity[0].strip().upper(), raw_identity[1].strip()
-                if not symbol:
-                    raise BadRow(f"missing {symbol_label}")
-                identity = identities[raw_identity] = (symbol, name or None,
-                                                       _asset(assets, symbol, name, source)["asset_id"],
-                                                       key_prefix(source, symbol))
-            stamp = cells[i_time]
-            moment = times.get(stamp)
-            if moment is None:
-                iso = timestamp(stamp, time_label)
-                moment = times[stamp] = (iso, iso.encode())
-            try:  # fast path: every number present, finite and non-negative
-                values = tuple(map(float, numbers_of(cells))) if len(present) > 1 else (float(numbers_of(cells)),)
-                total = sum(values)
-                if total - total != 0 or min(values) < 0 or not complete:
-                    raise ValueError
-            except ValueError:
-                found = {name: number(cells[columns[name]], labels[name], required=name == "price_usd")
-                         for name in present}
-                values = tuple(found.get(name) for name in NUMBER_FIELDS)
-        except BadRow as bad:
-            out.quarantine.append(quarantine_entry(batch, run_id, batch.first_row + offset, line, str(bad)))
-            continue
-        symbol, name, asset_id, prefix = identity
-        append((blake2b(prefix + moment[1], digest_size=16).hexdigest(), source, symbol, symbol, moment[0], asset_id, name, *values,
-                ingested_at, run_id))
+    while True:
+        for offset, line in work:
+            if line.endswith("\r"):
+                line = line[:-1]
+            if not line or line.isspace():
+                out.blank_lines += 1
+                continue
+            try:
+                cells = _split_csv(line) if '"' in line else line.split(",")
+                if len(cells) != width:
+                    raise BadRow(f"expected {width} columns, got {len(cells)}")
+                raw_identity = (cells[i_symbol], cells[i_name] if i_name is not None else "")
+                identity = identities.get(raw_identity)
+                if identity is None:
+                    symbol, name = raw_identity[0].strip().upper(), raw_identity[1].strip()
+                    if not symbol:
+                        raise BadRow(f"missing {symbol_label}")
+                    source_id = csv_source_id(symbol, name)  # tickers collide: Uniswap and Universe are both UNI
+                    identity = identities[raw_identity] = (source_id, symbol, name or None,
+                                                           _asset(assets, symbol, name, source)["asset_id"],
+                                                           key_prefix(source, source_id))
+                stamp = cells[i_time]
+                moment = times.get(stamp)
+                if moment is None:
+                    try:
+                        iso = timestamp(stamp, time_label, formats, final=final)
+                    except Undecided:
+                        moment = times[stamp] = HOLD
+                    else:
+                        moment = times[stamp] = (iso, iso.encode())
+                if moment is HOLD:
+                    held.append((offset, line))
+                    continue
+                try:  # fast path: every number present, finite, non-negative, and read alike by float() and
+                    # to_number (float() also takes "1_0" and non-ASCII digits such as "١٢٣": those go to coerce)
+                    if not complete or "_" in line or not line.isascii():
+                        raise ValueError
+                    values = tuple(map(float, numbers_of(cells))) if len(present) > 1 else (float(numbers_of(cells)),)
+                    total = sum(values)
+                    if total - total != 0 or min(values) < 0:
+                        raise ValueError
+                except ValueError:
+                    found = {name: number(cells[columns[name]], labels[name], required=name == "price_usd")
+                             for name in present}
+                    values = tuple(found.get(name) for name in NUMBER_FIELDS)
+            except BadRow as bad:
+                out.quarantine.append(quarantine_entry(batch, run_id, batch.first_row + offset, line, str(bad)))
+                continue
+            source_id, symbol, name, asset_id, prefix = identity
+            append((blake2b(prefix + moment[1], digest_size=16).hexdigest(), source, source_id, symbol, moment[0],
+                    asset_id, name, *values, ingested_at, run_id))
+        if final or not held:
+            break
+        times = {stamp: moment for stamp, moment in times.items() if moment is not HOLD}
+        work, held, final = held, [], True  # every value has been seen: the format is decided or ambiguous now
+    out.blank_lines -= placeholders
     return out
 
 
@@ -217,6 +251,13 @@ def normalize_json_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, inge
     paths = {canonical: tuple(incoming.split(".")) for incoming, canonical in match.mapping.items()}
     labels = {canonical: incoming for incoming, canonical in match.mapping.items()}
     numbers = [name for name in NUMBER_FIELDS if name in paths]
+    formats, time_path, time_label = mapper.formats, paths["observed_at"], labels["observed_at"]
+    for record in records:  # every value first: a timestamp format is inferred from all of them, never a sample
+        try:
+            timestamp(_at_path(record, time_path) if isinstance(record, dict) else None, time_label, formats,
+                      final=False)
+        except (BadRow, Undecided):
+            pass
     for index, record in enumerate(records, start=1):
         try:
             if not isinstance(record, dict):
@@ -227,7 +268,7 @@ def normalize_json_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, inge
                 raise BadRow(f"missing {labels['symbol']}")
             if "source_id" in paths and not source_id:
                 raise BadRow(f"missing {labels['source_id']}")
-            observed_at = timestamp(_at_path(record, paths["observed_at"]), labels["observed_at"])
+            observed_at = timestamp(_at_path(record, time_path), time_label, formats)
             found = {name: number(_at_path(record, paths[name]), labels[name], required=name == "price_usd")
                      for name in numbers}
         except BadRow as bad:

@@ -32,16 +32,16 @@ class Mappers:
         return self.by_source[source]
 
     def decisions(self) -> dict[str, dict[str, dict]]:
-        return {source: dict(mapper.decisions) for source, mapper in self.by_source.items()}
+        return {source: mapper.all_decisions() for source, mapper in self.by_source.items()}
 
     def merge(self, decisions: dict[str, dict[str, dict]]) -> None:
         """Adopt decisions taken by a worker process for this run."""
         for source, by_field in decisions.items():
             for name, decision in by_field.items():
-                self[source].decisions.setdefault(name, decision)
+                self[source].adopt(name, decision)
 
     def summarize(self, run: Run) -> None:
-        run.summary["drift"] = [d for m in self.by_source.values() for d in m.decisions.values()]
+        run.summary["drift"] = [d for m in self.by_source.values() for d in m.all_decisions().values()]
         for mapper in self.by_source.values():
             run.summary["warnings"].extend(mapper.warnings())
 
@@ -69,7 +69,8 @@ def transform_load(
 
     With a spare core, the next batch is normalized in a worker process while this one is written.
     A batch that cannot be read at all (a required field missing from it) is quarantined whole and makes the run
-    `failed` with the reason, after every other batch has been loaded."""
+    `failed` with the reason, after every other batch has been loaded; so does quarantining more than
+    `quarantine_max_ratio` of the run's rows (a file whose dates a spreadsheet rewrote must not "succeed")."""
     from common.parallel import Normalizer
 
     run.summary.update(batches=0, blank_lines=0, by_source={})
@@ -92,7 +93,19 @@ def transform_load(
                 run.summary["warnings"].append("invocation deadline reached; pending batches are left for the next run")
     finally:
         mappers.summarize(run)
+    _check_quarantine_ratio(run, settings.quarantine_max_ratio)
     return "failed" if run.summary["errors"] else status
+
+
+def _check_quarantine_ratio(run: Run, max_ratio: float) -> None:
+    """Record the share of rows quarantined; more than `max_ratio` of them is a failed run, with the reason."""
+    rows = run.rows_out + run.quarantined
+    ratio = run.quarantined / rows if rows else 0.0
+    run.summary["quarantine_ratio"] = round(ratio, 4)
+    if ratio > max_ratio:
+        run.summary["errors"].append(
+            f"quarantined {run.quarantined} of {rows} rows ({ratio:.0%}), more than QUARANTINE_MAX_RATIO={max_ratio:g};"
+            f" first reason: {run.summary.get('quarantine_first_reason')}; see `etl quarantine list`")
 
 
 def _commit(batch: RawBatch, result: Normalized, store: Store, run: Run) -> None:
@@ -102,6 +115,8 @@ def _commit(batch: RawBatch, result: Normalized, store: Store, run: Run) -> None
     run.rows_in += batch.row_count
     run.rows_out += len(result.records)
     run.quarantined += len(result.quarantine)
+    if result.quarantine and "quarantine_first_reason" not in run.summary:
+        run.summary["quarantine_first_reason"] = result.quarantine[0]["reason"][:300]
     run.summary["batches"] += 1
     run.summary["blank_lines"] += result.blank_lines
     counts = run.summary["by_source"].setdefault(batch.source, {"loaded": 0, "quarantined": 0})

@@ -18,8 +18,11 @@ Comma as decimal separator (European style) is accepted only where it cannot be 
     "1,2,3", "1.234.567", "0,250", "1,23,456" -> CoerceError (ambiguous or malformed grouping)
 Rejected: nan / inf (any spelling), "12abc", "12%", booleans, dicts, lists, bytes, non-ASCII digits.
 
-Timestamps (`to_timestamp`) return ISO 8601 UTC `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (fraction only when non-zero) from:
+Timestamps (`to_timestamp`) return one fixed-width form, `YYYY-MM-DDTHH:MM:SS.sssZ` in UTC (milliseconds always,
+finer digits truncated, like `common.clock.iso_utc`), so that sorting the text sorts by time ("...48.5Z" used to
+sort before "...48Z"). Accepted:
     ISO 8601 strings, any zone or none            "2025-06-25T10:47:48Z", "...+02:00", "...48.000Z", "...48.5"
+                                                  (so every form stored before reads again: the migration key)
     `YYYY-MM-DD HH:MM:SS` and date only           "2025-06-25 10:47:48", "2025-06-25" (midnight UTC)
     a trailing " UTC" / " GMT"                    "2025-06-25 10:47:48 UTC"
     epoch seconds or milliseconds                 1750848468, 1750848468123, "1750848468.5"
@@ -30,6 +33,10 @@ Naive values are UTC. Digit strings are epochs, except exactly 8 digits, which i
 everything else goes to `datetime.fromisoformat` first (Python 3.11 reads digit runs as basic-format dates with
 any separator, "1701011200000" -> 1701-01-12, so epochs must not reach it). Years outside 1970..2100 are
 rejected as implausible for this pipeline.
+An epoch below 1e8 (fewer than 9 integer digits: before 1973-03-03) is refused as ambiguous: "2018" is a year,
+not 33 minutes after 1970, and plausible epochs have 9-10 digits (seconds, 1973..2286) or 12-13 (milliseconds).
+Only ASCII digits count anywhere ("١٢٣" is refused). Other spellings (`31-12-20 23:59`) are not guessed here:
+`common.drift.formats` reads them with a declared or inferred format (`parse_with_format`).
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ from __future__ import annotations
 import math
 import re
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
 MIN_YEAR = 1970
 MAX_YEAR = 2100
 EPOCH_MS_CUTOFF = 1e11
 """Epoch values whose magnitude exceeds this are milliseconds, smaller ones are seconds."""
+EPOCH_MIN = 100_000_000
+"""Smaller epoch magnitudes (fewer than 9 digits, before 1973-03-03) are refused: a year or a count, not a time."""
 
 _EPOCH = datetime(1970, 1, 1)
 
@@ -119,16 +128,18 @@ def _parse_number_text(raw: str) -> float | None:
 
 # ------------------------------------------------------------------------------------------------ timestamps
 
-_EPOCH_TEXT = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+_EPOCH_TEXT = re.compile(r"^[+-]?[0-9]+(?:\.[0-9]+)?$")
 _ZONE_WORD = re.compile(r"\s*(?:UTC|GMT)$", re.IGNORECASE)
 
 
 def to_timestamp(value: object) -> str:
-    """`value` as `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` in UTC. Raises CoerceError if it is not a plausible instant."""
+    """`value` as `YYYY-MM-DDTHH:MM:SS.sssZ` in UTC. Raises CoerceError if it is not a plausible instant."""
     if isinstance(value, str):
         text = value.strip()
         if not text:
             raise CoerceError("missing timestamp (empty string)")
+        if not text.isascii():
+            raise CoerceError(f"not a timestamp (non-ASCII characters): {_short(value)}")
         if _EPOCH_TEXT.match(text) and not (len(text) == 8 and text.isdigit()):
             # before fromisoformat, which reads digit runs as basic-format dates with any separator
             # ("1701011200000" would become 1701-01-12T00:00)
@@ -164,14 +175,31 @@ def to_timestamp(value: object) -> str:
     raise CoerceError(f"not a timestamp: a {type(value).__name__} ({_short(value)})")
 
 
+def parse_with_format(value: str, fmt: str) -> str:
+    """`value` read with the strptime format `fmt` (declared or inferred), in the fixed-width UTC form."""
+    text = value.strip()
+    if not text.isascii():
+        raise CoerceError(f"not a timestamp (non-ASCII characters): {_short(value)}")
+    try:
+        moment = datetime.strptime(text, fmt)
+    except ValueError:
+        raise CoerceError(f"{_short(value)} does not match the format {fmt}") from None
+    return _format(moment, value)
+
+
 def _from_epoch(number: Decimal, original: object) -> str:
     if not number.is_finite():
         raise CoerceError(f"non-finite epoch: {_short(original)}")
+    if abs(number) < EPOCH_MIN:
+        if abs(number) < 10_000:
+            raise CoerceError(f"ambiguous: {_short(original)} looks like a year, not an epoch")
+        raise CoerceError(f"ambiguous: {_short(original)} is too short for an epoch (seconds have 9-10 digits, "
+                          "milliseconds 12-13)")
     try:
-        micros = int((number * 1000 if abs(number) > EPOCH_MS_CUTOFF else number * 1_000_000).to_integral_value())
-        if abs(micros) > 10**17:  # beyond year ~5100 either way; keeps timedelta from overflowing
+        millis = int((number if abs(number) > EPOCH_MS_CUTOFF else number * 1000).to_integral_value(ROUND_FLOOR))
+        if abs(millis) > 10**14:  # beyond year ~5100 either way; keeps timedelta from overflowing
             raise OverflowError
-        moment = _EPOCH + timedelta(microseconds=micros)
+        moment = _EPOCH + timedelta(milliseconds=millis)
     except (OverflowError, InvalidOperation):
         raise CoerceError(f"epoch out of range: {_short(original)}") from None
     return _format(moment, original)
@@ -185,7 +213,7 @@ def _format(moment: datetime, original: object) -> str:
             raise CoerceError(f"timestamp out of range: {_short(original)}") from None
     if not MIN_YEAR <= moment.year <= MAX_YEAR:
         raise CoerceError(f"timestamp year {moment.year} outside {MIN_YEAR}..{MAX_YEAR}: {_short(original)}")
-    return moment.isoformat() + "Z"
+    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 def _short(value: object) -> str:

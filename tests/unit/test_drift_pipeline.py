@@ -55,7 +55,7 @@ def test_a_header_that_drifts_between_runs_loads_and_every_decision_is_recorded(
     assert any("'Exchange' skipped" in warning for warning in second.summary["warnings"])
     page = wiring.store.query_normalized(DataQuery(symbol="BTC", sort_by="observed_at", descending=True, limit=1))
     latest = page.items[0]
-    assert latest["observed_at"] == "2018-01-30T23:59:59Z" and latest["low_usd"] is None
+    assert latest["observed_at"] == "2018-01-30T23:59:59.000Z" and latest["low_usd"] is None
     assert latest["price_usd"] > 0 and latest["market_cap_usd"] > 0
     assert wiring.store.count_normalized() == 60
 

@@ -196,7 +196,7 @@ def test_source_a_nested_quotes_and_bad_records(wiring):
     assert transform.rows_out == 1 and transform.quarantined == 5
     [record] = wiring.store.query_normalized(DataQuery(source="source_a")).items
     assert (record["asset_id"], record["source_id"], record["price_usd"], record["observed_at"]) == (
-        "btc-bitcoin", "btc-bitcoin", 107077.7, "2025-06-25T10:47:48Z")
+        "btc-bitcoin", "btc-bitcoin", 107077.7, "2025-06-25T10:47:48.000Z")
     reasons = {e["row_number"]: e["reason"] for e in wiring.store.list_quarantine("source_a")}
     assert reasons[2] == "missing symbol" and reasons[3] == "missing quotes.USD.price"
     assert reasons[4].startswith("unparsable timestamp in last_updated:") and "yesterday" in reasons[4]

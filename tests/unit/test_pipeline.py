@@ -44,7 +44,7 @@ def test_loads_every_valid_row_once_and_a_rerun_adds_nothing(wiring):
     assert extract.rows_in == 150 and extract.summary["batches"] == 4  # chunks of 40 rows
     assert transform.rows_out == 150 and wiring.store.count_normalized() == 150
     first = wiring.store.query_normalized(DataQuery(limit=1, symbol="BTC", sort_by="observed_at", descending=False))
-    assert first.items[0]["observed_at"] == "2018-01-01T23:59:59Z" and first.items[0]["asset_id"] == "btc-bitcoin"
+    assert first.items[0]["observed_at"] == "2018-01-01T23:59:59.000Z" and first.items[0]["asset_id"] == "btc-bitcoin"
 
     again_extract, again_transform = run_both(wiring)
     assert again_extract.status == "succeeded" and again_extract.rows_in == 0
@@ -188,4 +188,5 @@ def test_stored_idempotency_keys_are_the_documented_hash(wiring):
     write_csv(wiring.settings.source_b_path, csv_lines(coins=2, days=3))
     run_both(wiring)
     for item in wiring.store.query_normalized(DataQuery(limit=10)).items:
-        assert item["idempotency_key"] == idempotency_key("source_b", item["symbol"], item["observed_at"])
+        assert item["idempotency_key"] == idempotency_key("source_b", item["source_id"], item["observed_at"])
+        assert item["source_id"] == item["asset_id"]  # symbol and name: tickers collide
