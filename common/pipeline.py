@@ -24,11 +24,13 @@ def run_extract(source: str, wiring: Wiring, progress: Progress | None = None) -
 
     def work(run: Run, keeper: LeaseKeeper) -> str:
         if spec.kind == "csv":
-            return extract_csv(spec, store, settings, run, keeper, deadline, progress)
+            return extract_csv(spec, keeper.store, settings, run, keeper, deadline, progress)
         with requests.Session() as session:
-            return extract_http(spec, store, run, keeper, deadline, http_fetcher(spec, wiring, deadline, session))
+            return extract_http(spec, keeper.store, run, keeper, deadline,
+                                http_fetcher(spec, wiring, deadline, session))
 
-    return run_stage("extract", spec.name, store, lease_ttl_s=settings.lease_ttl_s, clock=clock, work=work)
+    return run_stage("extract", spec.name, store, lease_ttl_s=settings.lease_ttl_s, clock=clock, work=work,
+                     budget_s=settings.invocation_budget_s)
 
 
 def http_fetcher(spec: SourceSpec, wiring: Wiring, deadline: Deadline, session: requests.Session) -> PageFetcher:
@@ -43,7 +45,8 @@ def run_transform(wiring: Wiring) -> Run:
     deadline = Deadline(clock, settings.invocation_budget_s)
     return run_stage(
         "transform_load", None, store, lease_ttl_s=settings.lease_ttl_s, clock=clock,
-        work=lambda run, keeper: transform_load(store, settings, run, keeper, deadline, clock),
+        budget_s=settings.invocation_budget_s,
+        work=lambda run, keeper: transform_load(keeper.store, settings, run, keeper, deadline, clock),
     )
 
 
@@ -56,5 +59,6 @@ def run_replay(wiring: Wiring, source: str | None = None) -> Run:
     deadline = Deadline(clock, settings.invocation_budget_s)
     return run_stage(
         "quarantine_replay", source, store, lease_ttl_s=settings.lease_ttl_s, clock=clock,
-        work=lambda run, keeper: replay_quarantine(store, settings, run, keeper, deadline, clock, source),
+        budget_s=settings.invocation_budget_s,
+        work=lambda run, keeper: replay_quarantine(keeper.store, settings, run, keeper, deadline, clock, source),
     )

@@ -24,7 +24,7 @@ def build_store(settings: Settings, clock: Clock = system_clock) -> Store:
     if settings.mongodb_uri:
         from common.store.mongo import MongoStore
 
-        return MongoStore.from_uri(settings.mongodb_uri, clock=clock)
+        return MongoStore.from_uri(settings.mongodb_uri, clock=clock, timeout_s=settings.store_timeout_s)
     from common.store.sqlite import SqliteStore
 
     return SqliteStore(settings.sqlite_path, clock=clock)

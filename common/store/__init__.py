@@ -20,8 +20,21 @@ NORMALIZED_FIELDS: tuple[str, ...] = (
 FIRST_SEEN_FIELDS = frozenset({"ingested_at", "run_id"})
 """Kept from the first write of a record; every other field is overwritten by later writes."""
 
+SCHEMA_VERSION = 3
+"""1: the first release; 2: lease epochs (fencing); 3: CSV records keyed by symbol + name, fixed-width timestamps."""
+
 SORTABLE_FIELDS = ("observed_at", "symbol", "price_usd", "market_cap_usd", "volume_24h_usd", "ingested_at")
 RUN_STATUSES = ("running", "succeeded", "partial", "failed", "skipped")
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A lease as held by one run. `epoch` only grows (across every lease), so a write carrying an older epoch
+    comes from a writer that lost its lease (stalled past expiry, then taken over) and is refused."""
+
+    name: str
+    owner: str
+    epoch: int
 
 
 @dataclass
@@ -96,28 +109,38 @@ class Store(ABC):
     def ping(self) -> None:
         """Raise `StoreError` unless the store answers."""
 
+    @abstractmethod
+    def migrate(self) -> tuple[int, int]:
+        """Upgrade a store written by an older version in place, up to SCHEMA_VERSION; returns (from, to).
+        Runs on first use too; idempotent, and safe when several processes start at once."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections held by this process."""
 
-    # --- leases: single flight per stage ------------------------------------------------------------
+    # --- leases: single flight per stage, fencing tokens ----------------------------------------------
     @abstractmethod
-    def acquire_lease(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
-        """Atomically take `name` if free, expired, or already ours; True when `owner` holds it afterwards."""
+    def acquire_lease(self, name: str, owner: str, ttl_s: float, now: float) -> Fence | None:
+        """Atomically take `name` if free, expired, or already ours. A takeover draws a new, larger epoch;
+        None when someone else holds it."""
 
     @abstractmethod
-    def renew_lease(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
-        """Extend our lease; False when it was lost (expired and taken over)."""
+    def renew_lease(self, fence: Fence, ttl_s: float, now: float) -> bool:
+        """Extend our lease; False when it was lost (taken over: the epoch moved on)."""
 
     @abstractmethod
-    def release_lease(self, name: str, owner: str) -> None:
-        """Give the lease up if we still hold it."""
+    def release_lease(self, fence: Fence) -> None:
+        """Let the lease expire now if we still hold it (the epoch is kept: it never goes back)."""
+
+    # Every durable write of a run takes `fence=`: the write happens only while that fence is current, checked
+    # atomically with the write, else `LeaseLost` is raised and nothing is written. `fence=None` is unfenced
+    # (tests, migrations, skipped runs).
 
     # --- checkpoints ------------------------------------------------------------------------------
     @abstractmethod
     def get_checkpoint(self, name: str) -> dict | None: ...
 
     @abstractmethod
-    def put_checkpoint(self, name: str, value: dict) -> None: ...
+    def put_checkpoint(self, name: str, value: dict, fence: Fence | None = None) -> None: ...
 
     # --- shared state: small versioned documents (rate-limiter windows, adaptive rates) ----------------
     @abstractmethod
@@ -125,13 +148,14 @@ class Store(ABC):
         """The document stored under `key` and its version (None, 0 when absent)."""
 
     @abstractmethod
-    def cas_state(self, key: str, value: dict, expected_version: int) -> bool:
+    def cas_state(self, key: str, value: dict, expected_version: int, fence: Fence | None = None) -> bool:
         """Compare-and-set: store `value` as version `expected_version + 1` only if the stored version is still
         `expected_version` (0 = absent). False means another process changed it first: re-read and retry."""
 
     # --- raw batches --------------------------------------------------------------------------------
     @abstractmethod
-    def put_raw_batch(self, batch: RawBatch, checkpoint: tuple[str, dict] | None = None) -> None:
+    def put_raw_batch(self, batch: RawBatch, checkpoint: tuple[str, dict] | None = None,
+                      fence: Fence | None = None) -> None:
         """Upsert the batch (as pending, version bumped), then the checkpoint; never the checkpoint alone."""
 
     @abstractmethod
@@ -156,6 +180,7 @@ class Store(ABC):
         records: Sequence[tuple],
         quarantine: Sequence[dict],
         assets: Iterable[dict],
+        fence: Fence | None = None,
     ) -> None:
         """Upsert records (tuples in NORMALIZED_FIELDS order) and assets, add quarantine entries, then mark
         the batch done if its version is unchanged (no batch: a quarantine replay). Idempotent: replaying a batch
@@ -181,20 +206,26 @@ class Store(ABC):
     def count_quarantine(self, source: str | None = None, unresolved_only: bool = False) -> int: ...
 
     @abstractmethod
-    def resolve_quarantine(self, ids: Sequence[str], run_id: str) -> int:
+    def resolve_quarantine(self, ids: Sequence[str], run_id: str, fence: Fence | None = None) -> int:
         """Mark entries as loaded by a replay run; returns how many were still unresolved."""
 
     # --- run ledger -------------------------------------------------------------------------------------
     @abstractmethod
-    def save_run(self, run: Run) -> None:
-        """Insert or replace the run's ledger entry."""
+    def save_run(self, run: Run, fence: Fence | None = None) -> bool:
+        """Insert the run's ledger entry, or replace it while the stored one is still `running`: a final status is
+        written once. False when the stored entry is already final (nothing written)."""
 
     @abstractmethod
     def get_run(self, run_id: str) -> Run | None: ...
 
     @abstractmethod
-    def list_runs(self, stage: str | None = None, source: str | None = None, limit: int = 50) -> list[Run]:
-        """Newest first."""
+    def list_runs(self, stage: str | None = None, source: str | None = None, limit: int = 50,
+                  status: str | None = None) -> list[Run]:
+        """Newest first; `source=None` matches any source."""
+
+    @abstractmethod
+    def running_runs(self, stage: str, source: str | None) -> list[Run]:
+        """Every run of exactly this stage and source still recorded as `running` (served from an index)."""
 
     @abstractmethod
     def last_run(self, statuses: Sequence[str], stage: str | None = None) -> Run | None:

@@ -14,13 +14,18 @@ import os
 import threading
 from typing import Iterable, Sequence
 
+import re
+
 from bson.errors import BSONError
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo import ASCENDING, DESCENDING, DeleteOne, MongoClient, ReturnDocument, UpdateOne, uri_parser
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from common.clock import iso_utc, system_clock
-from common.errors import StoreError
-from common.store import FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, DataQuery, Page, RawBatch, Run, Store
+from common.errors import ConfigError, LeaseLost, StoreError
+from common.store import (
+    FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, DataQuery, Fence, Page, RawBatch, Run, Store,
+)
+from common.store.migrations import canonical_observed_at, migrated_source_id, record_key
 
 DEFAULT_DB_NAME = "etl_db"
 _KEY_FIELDS = ("source", "source_id", "observed_at")
@@ -39,7 +44,10 @@ _INDEXES = (  # (collection, keys, unique); created idempotently on first use
     ("quarantine", ("source", "created_at"), False),
     ("runs", ("stage", "started_at"), False),
     ("runs", ("started_at",), False),
+    ("runs", ("status", "stage", "source"), False),
 )
+MIGRATION_BATCH = 1000
+_CREDENTIALS = re.compile(r"//[^/@\s]*@")
 
 
 def _translated(method):
@@ -66,19 +74,31 @@ def _limited(cursor, limit: int, offset: int = 0) -> list[dict]:
 class MongoStore(Store):
     """Store on one MongoDB database; safe to share between processes and threads."""
 
-    def __init__(self, client_or_uri: MongoClient | str, db_name: str | None = None, clock=system_clock) -> None:
+    def __init__(self, client_or_uri: MongoClient | str, db_name: str | None = None, clock=system_clock, *,
+                 timeout_s: float = 3.0, transactions: bool | None = None) -> None:
+        """`transactions`: None detects (replica set or sharded cluster: yes; standalone: no), True/False forces."""
         self._uri = client_or_uri if isinstance(client_or_uri, str) else None
         self._client = None if self._uri else client_or_uri
         self.db_name = db_name
         self.clock = clock
+        self.timeout_ms = max(50, int(timeout_s * 1000))
+        self._transactions = transactions
         self._lock = threading.Lock()
         self._db = None
         self._pid: int | None = None
+        self.migrated_from = SCHEMA_VERSION
 
     @classmethod
-    def from_uri(cls, uri: str, clock=system_clock) -> MongoStore:
-        """Store on the database named in the URI's path (`etl_db` when it names none); connects on first use."""
-        return cls(uri, None, clock)
+    def from_uri(cls, uri: str, clock=system_clock, timeout_s: float = 3.0) -> MongoStore:
+        """Store on the database named in the URI's path (`etl_db` when it names none); connects on first use.
+        A malformed URI is a ConfigError now, not a failure on the first request."""
+        try:
+            uri_parser.parse_uri(uri)
+        except (PyMongoError, ValueError) as exc:
+            reason = _CREDENTIALS.sub("//***@", str(exc).replace(uri, "<MONGODB_URI>"))[:200]
+            raise ConfigError(f"MONGODB_URI is not a valid MongoDB connection string ({reason}); expected "
+                              "mongodb://[user:password@]host[:port]/database or mongodb+srv://...") from None
+        return cls(uri, None, clock, timeout_s=timeout_s)
 
     # --- connection handling ------------------------------------------------------------------------
     def _database(self):
@@ -87,14 +107,63 @@ class MongoStore(Store):
         with self._lock:
             if self._db is None or self._pid != os.getpid():
                 if self._uri and (self._client is None or self._pid != os.getpid()):
-                    self._client = MongoClient(self._uri)
+                    # bounded: with the server down, a request answers 503 in seconds, not after 30 s twice
+                    self._client = MongoClient(self._uri, serverSelectionTimeoutMS=self.timeout_ms,
+                                               connectTimeoutMS=self.timeout_ms)
                     self._pid, self._db = os.getpid(), None
                 client = self._client
                 db = client.get_database(self.db_name) if self.db_name else client.get_default_database(DEFAULT_DB_NAME)
+                fresh = not {"normalized", "runs", "leases"} & set(db.list_collection_names())
                 for collection, keys, unique in _INDEXES:
                     db[collection].create_index([(k, ASCENDING) for k in keys], **({"unique": True} if unique else {}))
+                self.migrated_from = _migrate(db, fresh)
+                if self._transactions is None:
+                    self._transactions = _supports_transactions(db)
                 self._db, self._pid = db, os.getpid()
         return self._db
+
+    @_translated
+    def migrate(self) -> tuple[int, int]:
+        self._database()
+        return self.migrated_from, SCHEMA_VERSION
+
+    # --- fencing ----------------------------------------------------------------------------------------
+    def _fenced(self, fence: Fence | None, body):
+        """Run `body(db, session)` as one fenced write. With transactions, the fence check (a conditional write
+        to the lease, so a concurrent takeover conflicts) and every write commit or abort together. On a
+        standalone server, the fence is checked first and the writes that matter are conditional on the epoch
+        (`fence_epoch` may only grow), so a stale writer cannot overwrite what a newer one wrote."""
+        db = self._database()
+        if fence is None:
+            return body(db, None)
+        if not self._transactions:
+            self._check_fence(db, fence, None)
+            return body(db, None)
+
+        def transaction(session):
+            self._check_fence(db, fence, session)
+            return body(db, session)
+
+        with db.client.start_session() as session:
+            return session.with_transaction(transaction)
+
+    def _check_fence(self, db, fence: Fence, session) -> None:
+        where = {"_id": fence.name, "owner": fence.owner, "epoch": fence.epoch}
+        if session is not None:
+            held = db.leases.update_one(where, {"$set": {"fenced_write_at": self.clock()}}, session=session).matched_count
+        else:
+            held = db.leases.count_documents(where, limit=1)
+        if not held:
+            raise LeaseLost(f"lease {fence.name} (epoch {fence.epoch}) was taken over; write refused", lease=fence.name)
+
+    def _superseded(self, db, fence: Fence, error: BulkWriteError | DuplicateKeyError) -> None:
+        """Conditional writes refused (a newer epoch wrote these documents): LeaseLost unless we still hold the
+        lease (then a newer writer of another stage, e.g. a replay, won, which is its right)."""
+        codes = {e.get("code") for e in error.details.get("writeErrors", [])} if isinstance(error, BulkWriteError) \
+            else {11000}
+        if codes - {11000}:
+            raise error
+        self._check_fence(db, fence, None)
 
     @_translated
     def ping(self) -> None:
@@ -110,27 +179,34 @@ class MongoStore(Store):
 
     # --- leases ----------------------------------------------------------------------------------------
     @_translated
-    def acquire_lease(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+    def acquire_lease(self, name: str, owner: str, ttl_s: float, now: float) -> Fence | None:
+        db = self._database()
+        epoch = db.counters.find_one_and_update(
+            {"_id": "lease_epoch"}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER)["seq"]
         try:
-            self._database().leases.find_one_and_update(
+            doc = db.leases.find_one_and_update(
                 {"_id": name, "$or": [{"expires_at": {"$lte": now}}, {"owner": owner}]},
-                {"$set": {"owner": owner, "expires_at": now + ttl_s}},
-                upsert=True,
+                [{"$set": {
+                    "epoch": {"$cond": [{"$eq": ["$owner", owner]}, {"$ifNull": ["$epoch", epoch]}, epoch]},
+                    "owner": owner, "expires_at": now + ttl_s,
+                }}],
+                upsert=True, return_document=ReturnDocument.AFTER,
             )
         except DuplicateKeyError:  # the lease exists, unexpired, held by someone else
-            return False
-        return True
+            return None
+        return Fence(name, owner, doc["epoch"])
 
     @_translated
-    def renew_lease(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+    def renew_lease(self, fence: Fence, ttl_s: float, now: float) -> bool:
         result = self._database().leases.update_one(
-            {"_id": name, "owner": owner}, {"$set": {"expires_at": now + ttl_s}}
+            {"_id": fence.name, "owner": fence.owner, "epoch": fence.epoch}, {"$set": {"expires_at": now + ttl_s}}
         )
         return result.matched_count == 1
 
     @_translated
-    def release_lease(self, name: str, owner: str) -> None:
-        self._database().leases.delete_one({"_id": name, "owner": owner})
+    def release_lease(self, fence: Fence) -> None:
+        self._database().leases.update_one(
+            {"_id": fence.name, "owner": fence.owner, "epoch": fence.epoch}, {"$set": {"expires_at": 0}})
 
     # --- checkpoints ------------------------------------------------------------------------------------
     @_translated
@@ -139,10 +215,18 @@ class MongoStore(Store):
         return json.loads(doc["value"]) if doc else None
 
     @_translated
-    def put_checkpoint(self, name: str, value: dict) -> None:
-        self._database().checkpoints.update_one(
-            {"_id": name}, {"$set": {"value": json.dumps(value), "updated_at": iso_utc(self.clock())}}, upsert=True
-        )
+    def put_checkpoint(self, name: str, value: dict, fence: Fence | None = None) -> None:
+        self._fenced(fence, lambda db, session: self._put_checkpoint(db, session, name, value, fence))
+
+    def _put_checkpoint(self, db, session, name: str, value: dict, fence: Fence | None) -> None:
+        where, fields = {"_id": name}, {"value": json.dumps(value), "updated_at": iso_utc(self.clock())}
+        if fence is not None:
+            where.update(_not_newer_than(fence))
+            fields["fence_epoch"] = fence.epoch
+        try:
+            db.checkpoints.update_one(where, {"$set": fields}, upsert=True, session=session)
+        except DuplicateKeyError as exc:
+            self._superseded(db, fence, exc)
 
     # --- shared state ---------------------------------------------------------------------------------------
     @_translated
@@ -151,24 +235,27 @@ class MongoStore(Store):
         return (json.loads(doc["value"]), doc["version"]) if doc else (None, 0)
 
     @_translated
-    def cas_state(self, key: str, value: dict, expected_version: int) -> bool:
+    def cas_state(self, key: str, value: dict, expected_version: int, fence: Fence | None = None) -> bool:
         fields = {"value": json.dumps(value), "updated_at": iso_utc(self.clock())}
-        states = self._database().shared_state
-        if expected_version == 0:
-            try:
-                states.insert_one({"_id": key, "version": 1, **fields})
-                return True
-            except DuplicateKeyError:
-                return False
-        result = states.update_one({"_id": key, "version": expected_version},
-                                   {"$set": fields, "$inc": {"version": 1}})
-        return result.matched_count == 1
+
+        def write(db, session) -> bool:
+            if expected_version == 0:
+                try:
+                    db.shared_state.insert_one({"_id": key, "version": 1, **fields}, session=session)
+                    return True
+                except DuplicateKeyError:
+                    return False
+            result = db.shared_state.update_one({"_id": key, "version": expected_version},
+                                                {"$set": fields, "$inc": {"version": 1}}, session=session)
+            return result.matched_count == 1
+
+        return self._fenced(fence, write)
 
     # --- raw batches ----------------------------------------------------------------------------------------
     @_translated
-    def put_raw_batch(self, batch: RawBatch, checkpoint: tuple[str, dict] | None = None) -> None:
-        db = self._database()
-        seq = db.counters.find_one_and_update(
+    def put_raw_batch(self, batch: RawBatch, checkpoint: tuple[str, dict] | None = None,
+                      fence: Fence | None = None) -> None:
+        seq = self._database().counters.find_one_and_update(
             {"_id": "raw_batches"}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
         )["seq"]
         fields = {
@@ -176,11 +263,23 @@ class MongoStore(Store):
             "first_row": batch.first_row, "header": json.dumps(batch.header), "rejects": json.dumps(batch.rejects),
             "position": json.dumps(batch.position),
         }
+        if fence is not None:
+            fields["fence_epoch"] = fence.epoch
         literal = {name: {"$literal": value} for name, value in fields.items()}
+
+        def write(db, session) -> None:
+            self._put_batch(db, session, batch, seq, literal, fence)
+            if checkpoint is not None:  # only after the batch write is acknowledged (or in its transaction)
+                self._put_checkpoint(db, session, *checkpoint, fence)
+
+        self._fenced(fence, write)
+
+    def _put_batch(self, db, session, batch: RawBatch, seq: int, literal: dict, fence: Fence | None) -> None:
         # One pipeline update: compare the stored content server-side (payload sent once, as `_new`), bump the
         # version and reset the status only when payload, format, header or rejects changed; `seq` and `created_at` are set on first insert only.
-        db.raw_batches.update_one(
-            {"_id": batch.batch_id},
+        try:
+            db.raw_batches.update_one(
+            {"_id": batch.batch_id, **(_not_newer_than(fence) if fence else {})},
             [
                 {"$set": {"_new": {"$literal": batch.payload}}},
                 {"$set": {
@@ -200,10 +299,10 @@ class MongoStore(Store):
                 }},
                 {"$unset": ["_new", "_changed"]},
             ],
-            upsert=True,
-        )
-        if checkpoint is not None:  # only after the batch write is acknowledged
-            self.put_checkpoint(*checkpoint)
+            upsert=True, session=session,
+            )
+        except DuplicateKeyError as exc:
+            self._superseded(db, fence, exc)
 
     @_translated
     def pending_raw_batches(self, limit: int, source: str | None = None) -> list[RawBatch]:
@@ -230,14 +329,17 @@ class MongoStore(Store):
     # --- transform output ---------------------------------------------------------------------------------------
     @_translated
     def commit_transformed(
-        self, batch: RawBatch | None, records: Sequence[tuple], quarantine: Sequence[dict], assets: Iterable[dict]
+        self, batch: RawBatch | None, records: Sequence[tuple], quarantine: Sequence[dict], assets: Iterable[dict],
+        fence: Fence | None = None,
     ) -> None:
-        db, now = self._database(), iso_utc(self.clock())
+        now = iso_utc(self.clock())
+        newer = _not_newer_than(fence) if fence else {}
         record_ops = [
             UpdateOne(
-                {name: doc[name] for name in _KEY_FIELDS},
+                {**{name: doc[name] for name in _KEY_FIELDS}, **newer},
                 {
-                    "$set": {name: doc[name] for name in _VALUE_FIELDS},
+                    "$set": {**{name: doc[name] for name in _VALUE_FIELDS},
+                             **({"fence_epoch": fence.epoch} if fence else {})},
                     "$setOnInsert": {"_id": doc["idempotency_key"], **{f: doc[f] for f in FIRST_SEEN_FIELDS}},
                 },
                 upsert=True,
@@ -267,11 +369,21 @@ class MongoStore(Store):
             )
             for q in quarantine
         ]
-        for collection, ops in (("normalized", record_ops), ("assets", asset_ops), ("quarantine", quarantine_ops)):
-            if ops:
-                db[collection].bulk_write(ops, ordered=False)
-        if batch is not None:
-            db.raw_batches.update_one({"_id": batch.batch_id, "version": batch.version}, {"$set": {"status": "done"}})
+
+        def write(db, session) -> None:
+            for collection, ops in (("normalized", record_ops), ("assets", asset_ops), ("quarantine", quarantine_ops)):
+                if ops:
+                    try:
+                        db[collection].bulk_write(ops, ordered=False, session=session)
+                    except BulkWriteError as exc:
+                        if fence is None or collection != "normalized":
+                            raise
+                        self._superseded(db, fence, exc)
+            if batch is not None:
+                db.raw_batches.update_one({"_id": batch.batch_id, "version": batch.version},
+                                          {"$set": {"status": "done"}}, session=session)
+
+        self._fenced(fence, write)
 
     # --- reads ----------------------------------------------------------------------------------------------------
     @_translated
@@ -320,24 +432,28 @@ class MongoStore(Store):
         return self._database().quarantine.count_documents(self._quarantine_filter(source, unresolved_only))
 
     @_translated
-    def resolve_quarantine(self, ids: Sequence[str], run_id: str) -> int:
+    def resolve_quarantine(self, ids: Sequence[str], run_id: str, fence: Fence | None = None) -> int:
         if not ids:
             return 0
-        result = self._database().quarantine.update_many(
+        return self._fenced(fence, lambda db, session: db.quarantine.update_many(
             {"_id": {"$in": list(ids)}, "resolved_at": None},
-            {"$set": {"resolved_at": iso_utc(self.clock()), "resolved_by": run_id}},
-        )
-        return result.modified_count
+            {"$set": {"resolved_at": iso_utc(self.clock()), "resolved_by": run_id}}, session=session,
+        ).modified_count)
 
     # --- run ledger ------------------------------------------------------------------------------------------------
     @_translated
-    def save_run(self, run: Run) -> None:
-        self._database().runs.replace_one(
-            {"_id": run.run_id},
-            {"stage": run.stage, "source": run.source, "status": run.status, "started_at": run.started_at,
-             "finished_at": run.finished_at, "doc": json.dumps(run.to_dict())},
-            upsert=True,
-        )
+    def save_run(self, run: Run, fence: Fence | None = None) -> bool:
+        fields = {"stage": run.stage, "source": run.source, "status": run.status, "started_at": run.started_at,
+                  "finished_at": run.finished_at, "doc": json.dumps(run.to_dict())}
+
+        def write(db, session) -> bool:
+            try:  # a final status is written once: only a `running` entry (or none) may be replaced
+                db.runs.replace_one({"_id": run.run_id, "status": "running"}, fields, upsert=True, session=session)
+            except DuplicateKeyError:
+                return False
+            return True
+
+        return self._fenced(fence, write)
 
     @_translated
     def get_run(self, run_id: str) -> Run | None:
@@ -345,9 +461,17 @@ class MongoStore(Store):
         return Run(**json.loads(doc["doc"])) if doc else None
 
     @_translated
-    def list_runs(self, stage: str | None = None, source: str | None = None, limit: int = 50) -> list[Run]:
-        where = {name: value for name, value in (("stage", stage), ("source", source)) if value is not None}
+    def list_runs(self, stage: str | None = None, source: str | None = None, limit: int = 50,
+                  status: str | None = None) -> list[Run]:
+        where = {name: value for name, value in (("stage", stage), ("source", source), ("status", status))
+                 if value is not None}
         return self._runs(where, limit)
+
+    @_translated
+    def running_runs(self, stage: str, source: str | None) -> list[Run]:
+        cursor = self._database().runs.find({"status": "running", "stage": stage, "source": source}, {"doc": 1})
+        runs = [Run(**json.loads(d["doc"])) for d in cursor]
+        return sorted(runs, key=lambda r: (r.started_at, r.run_id))
 
     @_translated
     def last_run(self, statuses: Sequence[str], stage: str | None = None) -> Run | None:
@@ -358,6 +482,61 @@ class MongoStore(Store):
     def _runs(self, where: dict, limit: int) -> list[Run]:
         cursor = self._database().runs.find(where, {"doc": 1}).sort([("started_at", DESCENDING), ("_id", DESCENDING)])
         return [Run(**json.loads(d["doc"])) for d in _limited(cursor, limit)]
+
+
+def _not_newer_than(fence: Fence) -> dict:
+    """Filter: documents no newer writer has touched (their `fence_epoch` is ours or older, or absent)."""
+    return {"$or": [{"fence_epoch": {"$lte": fence.epoch}}, {"fence_epoch": {"$exists": False}}]}
+
+
+def _supports_transactions(db) -> bool:
+    """Multi-document transactions need a replica set or a sharded cluster; a standalone server has neither."""
+    try:
+        hello = db.command("hello")
+    except (PyMongoError, NotImplementedError):
+        return False
+    return "setName" in hello or hello.get("msg") == "isdbgrid"
+
+
+def _migrate(db, fresh: bool) -> int:
+    """Bring the database up to SCHEMA_VERSION in place; returns the version found. Idempotent step by step, so
+    an upgrade interrupted by a crash (or run by two processes at once) finishes on the next start."""
+    meta = db.meta.find_one({"_id": "schema"})
+    found = meta["version"] if meta else (SCHEMA_VERSION if fresh else 1)
+    if found < 3:  # version 2 (lease epochs) needs no rewrite: a lease without one is taken over as epoch 0
+        _rekey_records(db)
+    if found < SCHEMA_VERSION or not meta:
+        db.meta.update_one({"_id": "schema"}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True)
+    return found
+
+
+def _rekey_records(db) -> None:
+    """Version 3: each record under today's natural key and idempotency key (see common.store.migrations).
+    The new document is written before the old one is deleted, so a crash in between leaves both, never neither,
+    and the next start finishes the job."""
+    last = None
+    while True:
+        docs = list(db.normalized.find({"_id": {"$gt": last}} if last is not None else {})
+                    .sort("_id", ASCENDING).limit(MIGRATION_BATCH))
+        if not docs:
+            return
+        ops = []
+        for doc in docs:
+            source_id = migrated_source_id(doc["source"], doc["source_id"], doc["asset_id"])
+            observed_at = canonical_observed_at(doc["observed_at"])
+            key = record_key(doc["source"], source_id, observed_at)
+            if key == doc["_id"] or (source_id, observed_at) == (doc["source_id"], doc["observed_at"]):
+                continue
+            values = {name: doc.get(name) for name in _VALUE_FIELDS}
+            ops.append(UpdateOne(
+                {"source": doc["source"], "source_id": source_id, "observed_at": observed_at},
+                {"$set": values, "$setOnInsert": {"_id": key, **{f: doc[f] for f in FIRST_SEEN_FIELDS}}},
+                upsert=True,
+            ))
+            ops.append(DeleteOne({"_id": doc["_id"]}))
+        if ops:
+            db.normalized.bulk_write(ops, ordered=True)
+        last = docs[-1]["_id"]
 
 
 def _merged_records(records: Sequence[tuple]) -> list[dict]:

@@ -8,6 +8,7 @@ is set. Time is always passed in (`now`) or injected (`FakeClock`): nothing slee
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from abc import ABC, abstractmethod
 
@@ -16,8 +17,9 @@ import pymongo
 import pytest
 
 from common.clock import iso_utc
-from common.errors import StoreError
-from common.store import NORMALIZED_FIELDS, SORTABLE_FIELDS, DataQuery, Page, RawBatch, Run, Store
+from common.errors import LeaseLost, StoreError
+from common.store import NORMALIZED_FIELDS, SCHEMA_VERSION, SORTABLE_FIELDS, DataQuery, Fence, Page, RawBatch, Run, Store
+from common.ids import idempotency_key
 from common.store import mongo as mongo_module
 from common.store.mongo import MongoStore
 from common.store.sqlite import SqliteStore
@@ -27,6 +29,52 @@ QUARANTINE_KEYS = ["id", "source", "run_id", "batch_id", "row_number", "raw", "r
                    "resolved_by"]
 ASSET_KEYS = ["asset_id", "symbol", "name", "first_seen_at", "updated_at", "sources"]
 UNREACHABLE_MONGO = "mongodb://127.0.0.1:1/contract?serverSelectionTimeoutMS=50&connectTimeoutMS=50"
+
+
+V1_SQLITE_SCHEMA = """  # as the first release created it
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS shared_state (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS raw_batches (
+    batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, run_id TEXT NOT NULL, format TEXT NOT NULL,
+    payload TEXT NOT NULL, row_count INTEGER NOT NULL, first_row INTEGER NOT NULL, header TEXT,
+    rejects TEXT NOT NULL, position TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL,
+    created_at TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS raw_batches_seq ON raw_batches (seq);
+CREATE INDEX IF NOT EXISTS raw_batches_pending ON raw_batches (seq) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS normalized (
+    source TEXT NOT NULL, source_id TEXT NOT NULL, observed_at TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL, symbol TEXT NOT NULL, asset_id TEXT NOT NULL, name TEXT,
+    price_usd REAL, open_usd REAL, high_usd REAL, low_usd REAL, market_cap_usd REAL, volume_24h_usd REAL,
+    ingested_at TEXT NOT NULL, run_id TEXT NOT NULL,
+    PRIMARY KEY (source, source_id, observed_at)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS normalized_symbol_time ON normalized (symbol, observed_at);
+CREATE TABLE IF NOT EXISTS assets (
+    asset_id TEXT PRIMARY KEY, symbol TEXT NOT NULL, name TEXT, first_seen_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS asset_sources (
+    asset_id TEXT NOT NULL, source TEXT NOT NULL, PRIMARY KEY (asset_id, source)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, run_id TEXT NOT NULL, batch_id TEXT, row_number INTEGER,
+    raw TEXT, reason TEXT NOT NULL, created_at TEXT NOT NULL, resolved_at TEXT, resolved_by TEXT);
+CREATE INDEX IF NOT EXISTS quarantine_source ON quarantine (source, created_at);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, stage TEXT NOT NULL, source TEXT, status TEXT NOT NULL, started_at TEXT NOT NULL,
+    finished_at TEXT, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS runs_stage_started ON runs (stage, started_at);
+CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
+"""
+
+V1_RECORDS = [  # (source, source_id, observed_at, idempotency_key, symbol, asset_id, name, price_usd) as v1 wrote them
+    (source, source_id, observed_at, idempotency_key(source, source_id, observed_at), *rest)
+    for source, source_id, observed_at, *rest in (
+        ("source_b", "UNI", "2020-09-20T23:59:59Z", "UNI", "uni-uniswap", "Uniswap", 5.0),
+        ("source_b", "BTC", "2020-09-20T23:59:59Z", "BTC", "btc-bitcoin", "Bitcoin", 10000.0),
+        ("source_c", "bitcoin", "2025-06-25T10:47:48.5Z", "BTC", "btc-bitcoin", "Bitcoin", 100000.0),
+        ("source_c", "bitcoin", "2025-06-25T10:47:48Z", "BTC", "btc-bitcoin", "Bitcoin", 99999.0),
+    )
+]
 
 
 class FakeClock:
@@ -125,61 +173,136 @@ class StoreContract(ABC):
             store.close()
 
     # --- leases ------------------------------------------------------------------------------------------------
-    def test_free_lease_is_acquired(self, store):
-        assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=0) is True
+    def test_free_lease_is_acquired_with_a_fencing_token(self, store):
+        fence = store.acquire_lease("extract:a", "o1", ttl_s=10, now=0)
+        assert fence == Fence("extract:a", "o1", fence.epoch) and fence.epoch >= 1
 
     def test_second_owner_is_refused_while_lease_unexpired(self, store):
         assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=0)
-        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=5) is False
-        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=9.999) is False
+        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=5) is None
+        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=9.999) is None
 
-    def test_expired_lease_is_taken_over(self, store):
-        assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=0)
-        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=10) is True  # expiry is inclusive
-        assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=15) is False  # o2 holds it until 20
+    def test_expired_lease_is_taken_over_with_a_larger_epoch(self, store):
+        first = store.acquire_lease("extract:a", "o1", ttl_s=10, now=0)
+        second = store.acquire_lease("extract:a", "o2", ttl_s=10, now=10)  # expiry is inclusive
+        assert second.owner == "o2" and second.epoch > first.epoch
+        assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=15) is None  # o2 holds it until 20
 
-    def test_owner_reacquiring_extends_its_lease(self, store):
-        assert store.acquire_lease("transform", "o1", ttl_s=10, now=0)
-        assert store.acquire_lease("transform", "o1", ttl_s=10, now=5) is True
-        assert store.acquire_lease("transform", "o2", ttl_s=10, now=12) is False
-        assert store.acquire_lease("transform", "o2", ttl_s=10, now=15) is True
+    def test_epochs_only_grow_across_every_lease(self, store):
+        epochs = [store.acquire_lease(name, owner, ttl_s=10, now=now).epoch
+                  for name, owner, now in (("a", "o1", 0), ("b", "o2", 0), ("a", "o3", 10), ("b", "o4", 10))]
+        assert epochs == sorted(set(epochs))
+
+    def test_owner_reacquiring_extends_its_lease_and_keeps_its_epoch(self, store):
+        first = store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        assert store.acquire_lease("transform", "o1", ttl_s=10, now=5) == first
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=12) is None
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=15)
 
     def test_renew_extends_lease(self, store):
-        store.acquire_lease("transform", "o1", ttl_s=10, now=0)
-        assert store.renew_lease("transform", "o1", ttl_s=10, now=8) is True
-        assert store.acquire_lease("transform", "o2", ttl_s=10, now=17) is False
-        assert store.acquire_lease("transform", "o2", ttl_s=10, now=18) is True
+        fence = store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        assert store.renew_lease(fence, ttl_s=10, now=8) is True
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=17) is None
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=18)
 
     def test_renew_fails_after_takeover(self, store):
-        store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        fence = store.acquire_lease("transform", "o1", ttl_s=10, now=0)
         assert store.acquire_lease("transform", "o2", ttl_s=10, now=11)
-        assert store.renew_lease("transform", "o1", ttl_s=10, now=12) is False
-        assert store.acquire_lease("transform", "o1", ttl_s=10, now=12) is False  # o2 still holds it
+        assert store.renew_lease(fence, ttl_s=10, now=12) is False
+        assert store.acquire_lease("transform", "o1", ttl_s=10, now=12) is None  # o2 still holds it
 
     def test_renew_of_expired_but_untaken_lease_succeeds(self, store):
-        store.acquire_lease("transform", "o1", ttl_s=10, now=0)
-        assert store.renew_lease("transform", "o1", ttl_s=10, now=30) is True
-        assert store.acquire_lease("transform", "o2", ttl_s=10, now=35) is False
+        fence = store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        assert store.renew_lease(fence, ttl_s=10, now=30) is True
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=35) is None
 
     def test_renew_of_unknown_lease_fails(self, store):
-        assert store.renew_lease("never", "o1", ttl_s=10, now=0) is False
+        assert store.renew_lease(Fence("never", "o1", 1), ttl_s=10, now=0) is False
 
-    def test_release_only_by_owner(self, store):
-        store.acquire_lease("transform", "o1", ttl_s=10, now=0)
-        store.release_lease("transform", "o2")
-        assert store.acquire_lease("transform", "o2", ttl_s=10, now=1) is False
-        store.release_lease("transform", "o1")
-        assert store.acquire_lease("transform", "o2", ttl_s=10, now=1) is True
-        assert store.renew_lease("transform", "o1", ttl_s=10, now=2) is False
+    def test_release_only_by_owner_and_the_epoch_never_goes_back(self, store):
+        fence = store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        store.release_lease(Fence("transform", "o2", fence.epoch))
+        assert store.acquire_lease("transform", "o2", ttl_s=10, now=1) is None
+        store.release_lease(fence)
+        taken = store.acquire_lease("transform", "o2", ttl_s=10, now=1)
+        assert taken.epoch > fence.epoch
+        assert store.renew_lease(fence, ttl_s=10, now=2) is False
 
     def test_release_of_unknown_lease_is_a_no_op(self, store):
-        store.release_lease("never", "o1")
+        store.release_lease(Fence("never", "o1", 7))
         assert store.acquire_lease("never", "o1", ttl_s=10, now=0)
 
     def test_leases_are_independent_by_name(self, store):
         assert store.acquire_lease("extract:a", "o1", ttl_s=10, now=0)
         assert store.acquire_lease("extract:b", "o2", ttl_s=10, now=0)
-        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=1) is False
+        assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=1) is None
+
+    # --- fencing: a writer that lost its lease changes nothing durable ------------------------------------------
+    @pytest.fixture
+    def stale_and_current(self, store):
+        """o1 held the lease, stalled past expiry; o2 took over. Returns (stale fence, current fence)."""
+        stale = store.acquire_lease("transform", "o1", ttl_s=10, now=0)
+        current = store.acquire_lease("transform", "o2", ttl_s=10, now=11)
+        return stale, current
+
+    def test_stale_commit_cannot_revert_a_corrected_value(self, store, stale_and_current):
+        stale, current = stale_and_current
+        store.put_raw_batch(batch(batch_id="b:0", source="b"))
+        pending = store.pending_raw_batches(1, source="b")[0]
+        store.commit_transformed(pending, [record(price_usd=200.0)], [], [asset()], fence=current)
+        store.put_raw_batch(batch(batch_id="b:1", source="b", payload="other"))
+        other = store.get_raw_batch("b:1")
+        with pytest.raises(LeaseLost):
+            store.commit_transformed(other, [record(price_usd=100.0), record(source_id="eth")],
+                                     [quarantined("q-stale")], [asset("eth-ethereum")], fence=stale)
+        [item] = store.query_normalized(DataQuery()).items
+        assert item["price_usd"] == 200.0
+        assert store.count_raw_batches("b", pending_only=True) == 1  # b:1 was not marked done
+        assert store.count_quarantine() == 0
+
+    def test_stale_checkpoint_and_batch_writes_are_refused(self, store, stale_and_current):
+        stale, current = stale_and_current
+        store.put_checkpoint("extract:b", {"offset": 50}, fence=current)
+        with pytest.raises(LeaseLost):
+            store.put_checkpoint("extract:b", {"offset": 10}, fence=stale)
+        with pytest.raises(LeaseLost):
+            store.put_raw_batch(batch(batch_id="b:9"), checkpoint=("extract:b", {"offset": 90}), fence=stale)
+        assert store.get_checkpoint("extract:b") == {"offset": 50}
+        assert store.get_raw_batch("b:9") is None
+
+    def test_stale_ledger_state_and_quarantine_writes_are_refused(self, store, stale_and_current):
+        stale, current = stale_and_current
+        store.save_run(run("r-stale", status="running"), fence=current)
+        with pytest.raises(LeaseLost):
+            store.save_run(run("r-stale", status="succeeded"), fence=stale)
+        assert store.get_run("r-stale").status == "running"
+        with pytest.raises(LeaseLost):
+            store.cas_state("mapping:b", {"x": 1}, 0, fence=stale)
+        assert store.get_state("mapping:b") == (None, 0)
+        self.commit_pending(store, quarantine=[quarantined("q1")])
+        with pytest.raises(LeaseLost):
+            store.resolve_quarantine(["q1"], "r-stale", fence=stale)
+        assert store.count_quarantine(unresolved_only=True) == 1
+
+    def test_current_fence_writes_everything(self, store, stale_and_current):
+        _, current = stale_and_current
+        store.put_raw_batch(batch(batch_id="b:0", source="b"), checkpoint=("extract:b", {"offset": 2}),
+                            fence=current)
+        pending = store.pending_raw_batches(1, source="b")[0]
+        store.commit_transformed(pending, [record()], [quarantined("q1")], [asset()], fence=current)
+        assert store.save_run(run("r2", status="succeeded"), fence=current) is True
+        assert store.cas_state("mapping:b", {"x": 1}, 0, fence=current) is True
+        assert store.resolve_quarantine(["q1"], "r2", fence=current) == 1
+        assert store.get_checkpoint("extract:b") == {"offset": 2}
+        assert store.count_raw_batches("b", pending_only=True) == 0
+        assert store.count_normalized() == 1
+
+    def test_a_released_lease_still_fences_its_old_holder_after_a_takeover(self, store):
+        first = store.acquire_lease("extract:b", "o1", ttl_s=10, now=0)
+        store.release_lease(first)
+        store.acquire_lease("extract:b", "o2", ttl_s=10, now=1)
+        with pytest.raises(LeaseLost):
+            store.put_checkpoint("extract:b", {"offset": 1}, fence=first)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def test_missing_checkpoint_is_none(self, store):
@@ -563,6 +686,37 @@ class StoreContract(ABC):
         assert (loaded.count_normalized("a"), loaded.count_normalized("b"), loaded.count_normalized("c")) == (3, 1, 2)
         assert loaded.count_normalized("zzz") == 0
 
+    # --- schema upgrades -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def make_v1_store(self, tmp_path, clock: FakeClock) -> Store:
+        """A store over data written by the first release (V1_RECORDS, a lease without an epoch)."""
+
+    def test_a_first_release_store_upgrades_in_place(self, tmp_path, clock):
+        store = self.make_v1_store(tmp_path, clock)
+        try:
+            assert store.migrate() == (1, SCHEMA_VERSION)
+            items = store.query_normalized(DataQuery(limit=10, sort_by="observed_at", descending=False)).items
+            got = sorted((i["source"], i["source_id"], i["observed_at"], i["price_usd"], i["idempotency_key"])
+                         for i in items)
+            assert got == sorted([
+                ("source_b", "uni-uniswap", "2020-09-20T23:59:59.000Z", 5.0,
+                 idempotency_key("source_b", "uni-uniswap", "2020-09-20T23:59:59.000Z")),
+                ("source_b", "btc-bitcoin", "2020-09-20T23:59:59.000Z", 10000.0,
+                 idempotency_key("source_b", "btc-bitcoin", "2020-09-20T23:59:59.000Z")),
+                ("source_c", "bitcoin", "2025-06-25T10:47:48.500Z", 100000.0,
+                 idempotency_key("source_c", "bitcoin", "2025-06-25T10:47:48.500Z")),
+                ("source_c", "bitcoin", "2025-06-25T10:47:48.000Z", 99999.0,
+                 idempotency_key("source_c", "bitcoin", "2025-06-25T10:47:48.000Z")),
+            ])
+            times = [i["observed_at"] for i in items]
+            assert times[-2:] == ["2025-06-25T10:47:48.000Z", "2025-06-25T10:47:48.500Z"]  # text order = time order
+            assert store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
+            fence = store.acquire_lease("transform_load", "new-owner", ttl_s=10, now=clock.now)  # the v1 lease expired
+            assert fence and fence.epoch >= 1
+            store.put_checkpoint("x", {"ok": 1}, fence=fence)
+        finally:
+            self.dispose(store)
+
     # --- run ledger ---------------------------------------------------------------------------------------------
     def test_run_round_trips(self, store):
         original = run(
@@ -581,6 +735,24 @@ class StoreContract(ABC):
         store.save_run(run(status="succeeded", rows_out=5, finished_at="2026-01-01T00:00:09.000Z"))
         assert store.get_run("r1") == run(status="succeeded", rows_out=5, finished_at="2026-01-01T00:00:09.000Z")
         assert len(store.list_runs()) == 1
+
+    def test_a_final_status_is_written_once(self, store):
+        assert store.save_run(run(status="running")) is True
+        assert store.save_run(run(status="failed", summary={"warnings": [], "errors": ["abandoned"]})) is True
+        assert store.save_run(run(status="succeeded")) is False  # a late save cannot overwrite the verdict
+        assert store.get_run("r1").status == "failed"
+
+    def test_running_runs_finds_every_one_however_many_came_after(self, store):
+        store.save_run(run("old", "extract", "b", status="running", started_at="2026-01-01T00:00:00.000Z"))
+        for index in range(60):
+            store.save_run(run(f"s{index:02d}", "extract", "b", status="skipped",
+                               started_at=f"2026-01-02T00:{index:02d}:00.000Z"))
+        store.save_run(run("other-source", "extract", "a", status="running"))
+        store.save_run(run("other-stage", "transform_load", None, status="running"))
+        assert [r.run_id for r in store.running_runs("extract", "b")] == ["old"]
+        assert [r.run_id for r in store.running_runs("transform_load", None)] == ["other-stage"]
+        assert [r.run_id for r in store.list_runs(status="running", limit=10)] == ["other-stage", "other-source",
+                                                                                   "old"]
 
     def test_list_runs_is_newest_first_with_filters_and_limit(self, store):
         runs = [
@@ -619,6 +791,18 @@ class StoreContract(ABC):
 class TestSqliteStore(StoreContract):
     def make_store(self, tmp_path, clock):
         return SqliteStore(str(tmp_path / "store" / "etl.sqlite3"), clock=clock)
+
+    def make_v1_store(self, tmp_path, clock):
+        path = tmp_path / "v1.sqlite3"
+        with sqlite3.connect(path) as conn:
+            conn.executescript(V1_SQLITE_SCHEMA)
+            conn.executemany(
+                "INSERT INTO normalized (source, source_id, observed_at, idempotency_key, symbol, asset_id, name, "
+                "price_usd, ingested_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '2026-01-01T00:00:00.000Z', 'r0')",
+                V1_RECORDS)
+            conn.execute("INSERT INTO leases VALUES ('transform_load', 'old-owner', 1.0)")
+        conn.close()
+        return SqliteStore(str(path), clock=clock)
 
     def make_unreachable_store(self, tmp_path):
         (tmp_path / "not-a-dir").write_text("a file where the store's directory should be")
@@ -671,6 +855,20 @@ class TestMongomockStore(MongoContract):
     def make_store(self, tmp_path, clock):
         return MongoStore(mongomock_ng.MongoClient(), f"contract_{uuid.uuid4().hex[:12]}", clock=clock)
 
+    def make_v1_store(self, tmp_path, clock):
+        client, name = mongomock_ng.MongoClient(), f"v1_{uuid.uuid4().hex[:12]}"
+        seed_v1_mongo(client[name])
+        return MongoStore(client, name, clock=clock)
+
+
+class TestMongomockStoreInTransactions(TestMongomockStore):
+    """The same contract through the multi-document-transaction path (replica sets, Atlas). mongomock-ng runs
+    the code path, not real isolation: the real server run covers that."""
+
+    def make_store(self, tmp_path, clock):
+        return MongoStore(mongomock_ng.MongoClient(), f"contract_{uuid.uuid4().hex[:12]}", clock=clock,
+                          transactions=True)
+
     def test_from_uri_connects_lazily_to_the_database_named_in_the_uri(self, monkeypatch):
         clients = []
 
@@ -690,12 +888,30 @@ class TestMongomockStore(MongoContract):
         default.close()
 
 
+def seed_v1_mongo(db) -> None:
+    """Documents as the first release wrote them: `_id` = idempotency key, no schema marker, epoch-less lease."""
+    for source, source_id, observed_at, key, symbol, asset_id, name, price in V1_RECORDS:
+        db.normalized.insert_one({
+            "_id": key, "source": source, "source_id": source_id, "observed_at": observed_at, "symbol": symbol,
+            "asset_id": asset_id, "name": name, "price_usd": price, "open_usd": None, "high_usd": None,
+            "low_usd": None, "market_cap_usd": None, "volume_24h_usd": None,
+            "ingested_at": "2026-01-01T00:00:00.000Z", "run_id": "r0"})
+    db.normalized.create_index([("source", 1), ("source_id", 1), ("observed_at", 1)], unique=True)
+    db.leases.insert_one({"_id": "transform_load", "owner": "old-owner", "expires_at": 1.0})
+
+
 @pytest.mark.skipif(not os.environ.get("TEST_MONGODB_URI"), reason="TEST_MONGODB_URI is not set")
 class TestRealMongoStore(MongoContract):
     def make_store(self, tmp_path, clock):
         client = pymongo.MongoClient(os.environ["TEST_MONGODB_URI"])
         base = client.get_default_database(default="etl_test").name
         return MongoStore(client, f"{base}_{uuid.uuid4().hex[:12]}", clock=clock)
+
+    def make_v1_store(self, tmp_path, clock):
+        client = pymongo.MongoClient(os.environ["TEST_MONGODB_URI"])
+        name = f"{client.get_default_database(default='etl_test').name}_{uuid.uuid4().hex[:12]}"
+        seed_v1_mongo(client[name])
+        return MongoStore(client, name, clock=clock)
 
     def dispose(self, store):
         db = store._database()
