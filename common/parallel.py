@@ -20,14 +20,17 @@ PREFETCH_AFTER_S = 0.1
 _worker: dict = {}
 
 
-def _normalize_in_worker(settings: Settings, batch: RawBatch, run_id: str, ingested_at: str):
-    """Runs in the worker process: its own store connection and mappers for this run."""
+def _normalize_in_worker(settings: Settings, batch: RawBatch, run_id: str, ingested_at: str, now: float):
+    """Runs in the worker process: its own store connection and mappers for this run, on the run's clock (`now`
+    is the invocation's time: date-format inference judges "in the future" by it)."""
     from common.transform import Mappers, normalize_batch
     from common.wiring import build_store
 
     if _worker.get("run_id") != run_id:
         store = _worker.get("store") or build_store(settings)
-        _worker.update(run_id=run_id, store=store, mappers=Mappers(store, settings, run_id, system_clock))
+        offset = now - system_clock()
+        _worker.update(run_id=run_id, store=store,
+                       mappers=Mappers(store, settings, run_id, lambda: system_clock() + offset))
     result = normalize_batch(batch, _worker["mappers"], run_id, ingested_at)
     return result, _worker["mappers"].decisions()
 
@@ -68,5 +71,5 @@ class Normalizer:
             return
         if self.pool is None:
             self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        future = self.pool.submit(_normalize_in_worker, self.settings, batch, self.run_id, ingested_at)
+        future = self.pool.submit(_normalize_in_worker, self.settings, batch, self.run_id, ingested_at, self.clock())
         self.ahead = ((batch.batch_id, batch.version), future)

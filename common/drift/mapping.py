@@ -251,11 +251,11 @@ class ValueFormats:
         for d in self.decisions.values():
             replay = f"run `etl quarantine replay --source {self.source}`"
             if d["action"] == "ambiguous":
-                example = (d.get("readings") or ["%d-%m-%y %H:%M"])[0]
+                example = json.dumps({self.source: {d["field"]: (d.get("readings") or ["%d-%m-%y %H:%M"])[0]}})
                 readings = ", ".join(d.get("readings") or []) or "no single format"
                 out.append(f"{self.source}: rows held back in quarantine: the date format of {d['column']} is "
-                           f"ambiguous ({readings}); set FIELD_FORMATS='{json.dumps({self.source: {d['field']: example}})}'"
-                           f" with the format the file really uses and {replay}")
+                           f"ambiguous ({readings}); set FIELD_FORMATS='{example}' with the format the file really "
+                           f"uses and {replay}")
             elif d["held_back"]:
                 out.append(f"{self.source}: {d['column']} format {d['format']} was inferred after rows had been held "
                            f"back in quarantine as ambiguous; {replay} to load them")

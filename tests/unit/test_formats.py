@@ -119,6 +119,24 @@ def test_evidence_in_a_later_batch_pins_the_format_and_replay_loads_what_was_hel
     assert wiring.store.count_normalized() == 52 and wiring.store.count_quarantine(unresolved_only=True) == 0
 
 
+def test_a_worker_process_that_pins_the_format_reports_it_and_what_the_main_process_held_back(wiring, monkeypatch):
+    from common import parallel
+
+    monkeypatch.setattr(parallel, "PREFETCH_AFTER_S", 0.0)  # batches 2.. are normalized in the worker
+    submitted = []
+    real_submit = parallel.ProcessPoolExecutor.submit
+    monkeypatch.setattr(parallel.ProcessPoolExecutor, "submit",
+                        lambda pool, *args, **kw: submitted.append(args[2].batch_id) or real_submit(pool, *args, **kw))
+    settings = dataclasses.replace(wiring.settings, csv_chunk_rows=12, transform_workers=1)
+    wiring = dataclasses.replace(wiring, settings=settings)
+    write_csv(settings.source_b_path, resaved(csv_lines(coins=1, days=12) + csv_lines(coins=1, days=40, first_coin=1)))
+    run_extract("b", wiring)
+    run = run_transform(wiring)
+    assert len(submitted) == 4 and (run.quarantined, run.rows_out) == (36, 16)  # exactly what one process does
+    [decision] = [d for d in run.summary["drift"] if d["field"] == "observed_at"]
+    assert (decision["action"], decision["format"], decision["held_back"]) == ("inferred", DAY_FIRST, True)
+
+
 def test_a_declared_format_wins_over_epoch_reading_of_digit_runs(wiring):
     lines = [line.replace("2018-01-0", "2018010").replace(" 23:59:59", "2359") for line in csv_lines(coins=1, days=9)]
     write_csv(wiring.settings.source_b_path, lines)  # Date 201801012359: 12 digits, an epoch in ms would be 1976

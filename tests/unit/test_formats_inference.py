@@ -53,6 +53,13 @@ def test_values_that_fit_no_single_order_are_never_guessed():
     assert 'FIELD_FORMATS=\'{"source_b": {"observed_at": "%d-%m-%Y"}}\'' in str(refusal)
 
 
+def test_the_time_part_of_the_format_is_read_from_the_value_itself():
+    assert DateOrder.candidates("31/12/2020 11:59:30 PM") == ["%d/%m/%Y %I:%M:%S %p", "%m/%d/%Y %I:%M:%S %p"]
+    assert DateOrder.candidates("31.12.20T23:59") == ["%d.%m.%yT%H:%M", "%m.%d.%yT%H:%M", "%y.%m.%dT%H:%M"]
+    assert DateOrder.candidates("2020/12/31") == ["%Y/%m/%d"]  # a 4-digit year first: only one order
+    assert orders("12/31/2020 11:59 PM").decided == "%m/%d/%Y %I:%M %p"
+
+
 def test_shapes_that_are_not_spreadsheet_dates_are_not_inferred():
     for value in ("garbage", "31.12.2020.5", "2020", "1-2-3-4", "١٢-١٢-٢٠"):
         assert DateOrder.candidates(value) == []
