@@ -23,6 +23,7 @@ from common.store import Store
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
 _UNITS = {"s": Duration.SECOND, "m": Duration.MINUTE, "h": Duration.HOUR}
 CAS_ATTEMPTS = 50
+MAX_STALLED_ROUNDS = 6  # consecutive late answers from the store before giving up on a slot
 MIN_FACTOR = 0.1
 RECOVERY_PER_INTERVAL = 0.1  # additive recovery: +10 % of the configured rate per window without a 429
 
@@ -53,13 +54,24 @@ class WindowFull(Exception):
 
 
 class StoreBucket(AbstractBucket):
-    """A sliding-window log whose timestamps live in the store under one key (shared by all processes)."""
+    """A sliding-window log whose timestamps live in the store under one key (shared by all processes).
+
+    A slot's stamp must not be earlier than the moment its request goes out, or another process would see the slot
+    expire before the server does. The request goes out once `put` returns, so `put` stamps after reading the log
+    and checks the clock again once the compare-and-set has answered: if the store took longer than
+    `tolerance_ms`, the slot is recorded again at a later time (re-validated there) or given back. A steadily slow
+    store is met by reserving the slot ahead by the round trip just seen; `ready_at()` is then the earliest moment
+    the request may go (the caller sleeps until it). Every recorded stamp s of a sent request therefore satisfies
+    send - tolerance <= s <= send.
+    """
 
     is_async = False
 
-    def __init__(self, store: Store, key: str, rates: list[Rate], clock: Clock) -> None:
-        self.store, self.key, self.clock = store, key, clock
+    def __init__(self, store: Store, key: str, rates: list[Rate], clock: Clock, tolerance_ms: int = 25) -> None:
+        self.store, self.key, self.clock, self.tolerance_ms = store, key, clock, tolerance_ms
         self.rates = rates
+        self.granted_ms = 0  # the stamp of the last slot this bucket granted
+        self.stalled_rounds = 0  # slots recorded again because the store answered late (for the run summary)
 
     def now(self) -> int:
         return int(self.clock() * 1000)
@@ -68,20 +80,44 @@ class StoreBucket(AbstractBucket):
         state, version = self.store.get_state(self.key)
         return (state or {}).get("log", []), version
 
+    def ready_at(self) -> float:
+        """When the request of the last granted slot may go out (seconds since the epoch)."""
+        return self.granted_ms / 1000
+
     def put(self, item: RateItem) -> bool:
-        horizon = item.timestamp - max(rate.interval for rate in self.rates)
+        held: list[int] = []  # our stamps already in the stored log, from a round the store answered late
+        lead_ms, stalled = 0, 0
         for _ in range(CAS_ATTEMPTS):
             stored, version = self._log()
-            log = [stamp for stamp in stored if stamp >= horizon]
+            item.timestamp = self.now() + lead_ms
+            horizon = item.timestamp - max(rate.interval for rate in self.rates)
+            log = sorted(stamp for stamp in stored if stamp >= horizon)
+            for stamp in held:
+                if stamp in log:
+                    log.remove(stamp)
             counts = [sum(1 for s in log if s >= self._algorithm.window_start(r, item.timestamp)) for r in self.rates]
             decision = self._algorithm.decide(
                 self.rates, counts, item.weight, item.timestamp,
                 lambda offset: log[-1 - offset] if offset < len(log) else None,
             )
             if not decision.allowed:
+                if held and not self.store.cas_state(self.key, {"log": log}, version):
+                    continue  # our stale slot must be given back before we say no
                 return self._record(item, decision)
-            if self.store.cas_state(self.key, {"log": log + [item.timestamp] * item.weight}, version):
+            written = [item.timestamp] * item.weight
+            if not self.store.cas_state(self.key, {"log": sorted(log + written)}, version):
+                continue  # another process wrote first: read again
+            answered = self.now()
+            if answered - item.timestamp <= self.tolerance_ms:
+                self.granted_ms = item.timestamp
                 return self._record(item, decision)
+            held, stalled = written, stalled + 1  # the store answered late: this stamp is before the send
+            self.stalled_rounds += 1
+            if stalled >= MAX_STALLED_ROUNDS:
+                raise StoreError(f"rate limiter {self.key}: the store answered late {stalled} times in a row "
+                                 f"(last {answered - item.timestamp + lead_ms} ms); no request sent")
+            if stalled >= 2:  # not a one-off stall: reserve the slot ahead by the round trip just seen
+                lead_ms = min(answered - item.timestamp + lead_ms, max(rate.interval for rate in self.rates))
         raise StoreError(f"rate limiter {self.key}: too much contention ({CAS_ATTEMPTS} compare-and-set retries)")
 
     def leak(self, current_timestamp: Optional[int] = None) -> int:
@@ -107,7 +143,9 @@ class SourceLimiter:
         self.store, self.source, self.rate, self.clock, self.sleep = store, source, rate, clock, sleep
         # arrival jitter on the server side must not turn our N-per-window into N+1 in its window
         self.safety_ms = safety_ms if safety_ms is not None else max(100, rate.interval_ms // 40)
-        self.bucket = StoreBucket(store, f"limiter:{source}", [self._rate(1.0)], clock)
+        # a slot's stamp may precede its send by up to a quarter of the padding; the rest stays for arrival jitter
+        self.bucket = StoreBucket(store, f"limiter:{source}", [self._rate(1.0)], clock,
+                                  tolerance_ms=max(1, self.safety_ms // 4))
         self.limiter = Limiter(SingleBucketFactory(self.bucket, schedule_leak=False))
         self.waited_s = 0.0
 
@@ -134,6 +172,12 @@ class SourceLimiter:
             if blocked <= 0:
                 self.bucket.rates = [self._rate(self.factor(state))]
                 if self.limiter.try_acquire(self.source, blocking=False):
+                    ahead = self.bucket.ready_at() - self.clock()  # a slot reserved ahead of a slow store
+                    if ahead > 0:
+                        if ahead > deadline.remaining() - deadline.margin_s:
+                            raise WindowFull(ahead)
+                        self.sleep(ahead)
+                        waited += ahead
                     self.waited_s += waited
                     return waited
                 blocked = max(self.bucket.waiting(RateItem(self.source, self.bucket.now())), 1) / 1000

@@ -82,3 +82,70 @@ def test_429_halves_the_rate_blocks_everyone_and_recovers_additively(store):
     assert one.factor() == 0.1  # never below MIN_FACTOR
     clock.advance(600)
     assert one.factor() == 1.0
+
+
+# --- a slow store must not bring two requests closer than the budget allows (issue 7, item 4) ---------------------
+class StallingStore(SqliteStore):
+    """A SqliteStore whose round trips on the limiter's key take `stall_s` of fake time: the clock moves after the
+    call did its work (a late answer), as a stalled network or a busy database would."""
+
+    def __init__(self, path: str, clock: SleepingClock) -> None:
+        super().__init__(path)
+        self.fake_clock = clock
+        self.stalls: dict[str, list[float]] = {"get_state": [], "cas_state": []}
+
+    def stall(self, method: str, *seconds: float) -> None:
+        self.stalls[method].extend(seconds)
+
+    def _late(self, method: str, key: str) -> None:
+        if key.startswith("limiter:") and self.stalls[method]:
+            self.fake_clock.advance(self.stalls[method].pop(0))
+
+    def get_state(self, key):
+        result = super().get_state(key)
+        self._late("get_state", key)
+        return result
+
+    def cas_state(self, key, value, expected_version, *args, **kwargs):
+        result = super().cas_state(key, value, expected_version, *args, **kwargs)
+        self._late("cas_state", key)
+        return result
+
+
+def recorded_stamps(store, source: str = "source_c") -> list[float]:
+    state, _ = SqliteStore.get_state(store, f"limiter:{source}")
+    return [stamp / 1000 for stamp in (state or {}).get("log", [])]
+
+
+@pytest.mark.parametrize("method", ["get_state", "cas_state"])
+def test_a_store_stall_cannot_bring_two_requests_closer_than_the_budget(tmp_path, method):
+    clock = SleepingClock()
+    path = str(tmp_path / "etl.sqlite3")
+    slow_store = StallingStore(path, clock)
+    slow = SourceLimiter(slow_store, "source_c", RateSpec(1, 2000), clock, clock.sleep)
+    other = SourceLimiter(SqliteStore(path), "source_c", RateSpec(1, 2000), clock, clock.sleep)
+    deadline = Deadline(clock, 1000)
+    slow_store.stall(method, 2.0)
+    slow.acquire(deadline)
+    sent = [clock()]  # the request goes out as soon as acquire returns
+    other.acquire(deadline)
+    sent.append(clock())
+    assert sent[1] - sent[0] >= 2.0, f"two requests {sent[1] - sent[0]:.2f}s apart under a 1-per-2s budget"
+    assert max(recorded_stamps(slow_store)) >= sent[1] - 0.001
+
+
+def test_every_recorded_slot_is_no_earlier_than_its_request_even_with_a_steadily_slow_store(tmp_path):
+    clock = SleepingClock()
+    store = StallingStore(str(tmp_path / "etl.sqlite3"), clock)
+    limiter = SourceLimiter(store, "source_c", RateSpec(2, 1000), clock, clock.sleep)
+    tolerance_s = limiter.safety_ms / 4 / 1000
+    deadline = Deadline(clock, 1000)
+    sent = []
+    for _ in range(8):
+        store.stall("cas_state", *[0.4] * 10)  # every compare-and-set answers 0.4 s late
+        store.stall("get_state", 0.3)
+        limiter.acquire(deadline)
+        sent.append(clock())
+        assert max(recorded_stamps(store)) >= sent[-1] - tolerance_s
+        store.stalls = {"get_state": [], "cas_state": []}
+    assert max_in_any_window(sent, 1.0) <= 2
