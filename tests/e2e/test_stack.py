@@ -29,7 +29,7 @@ def all_rows(api: str) -> list[dict]:
 
 
 def expected_keys(lines: list[str]) -> set[tuple[str, str]]:
-    return {(line.split(",")[2], line.split(",")[3].replace(" ", "T") + "Z") for line in lines}
+    return {(line.split(",")[2], line.split(",")[3].replace(" ", "T") + ".000Z") for line in lines}
 
 
 def test_csv_flows_through_the_functions_exactly_once(stack, tmp_path):
