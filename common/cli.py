@@ -3,6 +3,7 @@
     etl run --source a|b|c|all [--stage extract|transform|all]   JSON summary; exit 1 unless every run succeeded
     etl quarantine list|replay [--source b]             inspect / re-load quarantined rows after a mapping fix
     etl serve [--port 8080] [--host 127.0.0.1]
+    etl migrate                                         upgrade the store in place (also done on first use)
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return EXIT_OK if run.status == "succeeded" else EXIT_FAILED
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from common.wiring import get_wiring
+
+    found, now = get_wiring().store.migrate()
+    print(json.dumps({"ok": True, "schema_version": {"found": found, "now": now}}))
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from common.api.server import serve
 
@@ -87,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--limit", type=int, default=100, help="list: how many entries")
     quarantine.add_argument("--all", action="store_true", help="list: resolved entries too")
     quarantine.set_defaults(func=cmd_quarantine)
+    migrate = sub.add_parser("migrate", help="upgrade a store written by an older version, in place")
+    migrate.set_defaults(func=cmd_migrate)
     serve = sub.add_parser("serve", help="serve the REST API")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")

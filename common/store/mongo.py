@@ -124,8 +124,11 @@ class MongoStore(Store):
 
     @_translated
     def migrate(self) -> tuple[int, int]:
-        self._database()
-        return self.migrated_from, SCHEMA_VERSION
+        db = self._database()
+        found, self.migrated_from = self.migrated_from, SCHEMA_VERSION
+        if found == SCHEMA_VERSION:
+            found = _migrate(db, fresh=False)
+        return found, SCHEMA_VERSION
 
     # --- fencing ----------------------------------------------------------------------------------------
     def _fenced(self, fence: Fence | None, body):

@@ -103,6 +103,7 @@ class SqliteStore(Store):
         self.path = path
         self.clock = clock
         self._local = threading.local()
+        self.migrated_from = SCHEMA_VERSION  # the version this process found on first open
 
     # --- connection handling ------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -120,7 +121,8 @@ class SqliteStore(Store):
             conn.create_function("etl_observed_at", 1, canonical_observed_at, deterministic=True)
             conn.create_function("etl_source_id", 3, migrated_source_id, deterministic=True)
             conn.create_function("etl_record_key", 3, record_key, deterministic=True)
-            self.migrated_from = self._migrate(conn)
+            found = self._migrate(conn)
+            self.migrated_from = min(found, self.migrated_from)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store at {self.path}: {exc}") from exc
         self._local.conn, self._local.pid = conn, os.getpid()
@@ -157,8 +159,12 @@ class SqliteStore(Store):
                 raise
 
     def migrate(self) -> tuple[int, int]:
-        self._conn()
-        return self.migrated_from, SCHEMA_VERSION
+        try:
+            conn = self._conn()
+            found, self.migrated_from = self.migrated_from, SCHEMA_VERSION
+            return (self._migrate(conn) if found == SCHEMA_VERSION else found), SCHEMA_VERSION
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite migration failed: {exc}") from exc
 
     @contextmanager
     def _write(self, fence: Fence | None = None) -> Iterator[sqlite3.Connection]:

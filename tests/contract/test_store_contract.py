@@ -17,7 +17,7 @@ import pymongo
 import pytest
 
 from common.clock import iso_utc
-from common.errors import LeaseLost, StoreError
+from common.errors import ConfigError, LeaseLost, StoreError
 from common.store import NORMALIZED_FIELDS, SCHEMA_VERSION, SORTABLE_FIELDS, DataQuery, Fence, Page, RawBatch, Run, Store
 from common.ids import idempotency_key
 from common.store import mongo as mongo_module
@@ -31,7 +31,8 @@ ASSET_KEYS = ["asset_id", "symbol", "name", "first_seen_at", "updated_at", "sour
 UNREACHABLE_MONGO = "mongodb://127.0.0.1:1/contract?serverSelectionTimeoutMS=50&connectTimeoutMS=50"
 
 
-V1_SQLITE_SCHEMA = """  # as the first release created it
+# as the first release created it
+V1_SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS shared_state (
     key TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL, updated_at TEXT NOT NULL);
@@ -849,6 +850,29 @@ class MongoContract(StoreContract):
         again = MongoStore(store._database().client, store._database().name)
         again.ping()
         again.close()
+
+
+def test_an_unreachable_mongodb_fails_within_the_store_timeout(monkeypatch):
+    """With the server down, a request must answer in seconds: the client is built with the bounded timeouts."""
+    built = []
+    monkeypatch.setattr(mongo_module, "MongoClient", lambda *a, **kw: built.append(kw) or mongomock_ng.MongoClient())
+    MongoStore.from_uri("mongodb://db.example:27017/etl", timeout_s=2.5).ping()
+    assert built == [{"serverSelectionTimeoutMS": 2500, "connectTimeoutMS": 2500}]
+    monkeypatch.undo()
+    real = MongoStore.from_uri("mongodb://127.0.0.1:1/etl", timeout_s=0.2)
+    try:
+        with pytest.raises(StoreError):
+            real.ping()
+    finally:
+        real.close()
+
+
+@pytest.mark.parametrize("uri", ["mongodb://", "mongodb://admin:s3cret@", "mongodb://h:notaport/x", "mysql://h/x",
+                                 "mongodb://admin:s3cret@h:99999/x"])
+def test_a_malformed_mongodb_uri_is_a_config_error_that_names_no_secret(uri):
+    with pytest.raises(ConfigError) as raised:
+        MongoStore.from_uri(uri)
+    assert "MONGODB_URI" in raised.value.message and "s3cret" not in raised.value.message
 
 
 class TestMongomockStore(MongoContract):

@@ -75,3 +75,28 @@ def test_etl_run_reports_an_unreachable_source_as_a_failed_run(tmp_path, monkeyp
 def test_bad_rate_strings_are_rejected_at_start_up(value):
     with pytest.raises(ConfigError, match="SOURCE_C_RATE must look like"):
         Settings.from_env({"SOURCE_C_RATE": value})
+
+
+def test_etl_migrate_upgrades_a_first_release_store_in_place(tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    from tests.contract.test_store_contract import V1_RECORDS, V1_SQLITE_SCHEMA
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SQLITE_SCHEMA)
+        conn.executemany(
+            "INSERT INTO normalized (source, source_id, observed_at, idempotency_key, symbol, asset_id, name, "
+            "price_usd, ingested_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '2026-01-01T00:00:00.000Z', 'r0')",
+            V1_RECORDS)
+    conn.close()
+    monkeypatch.setenv("SQLITE_PATH", str(path))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    assert main(["migrate"]) == 0
+    assert json.loads(capsys.readouterr().out)["schema_version"] == {"found": 1, "now": 3}
+    assert main(["migrate"]) == 0
+    assert json.loads(capsys.readouterr().out)["schema_version"] == {"found": 3, "now": 3}
+    with sqlite3.connect(path) as conn:
+        ids = sorted(r[0] for r in conn.execute("SELECT source_id FROM normalized WHERE source = 'source_b'"))
+    conn.close()
+    assert ids == ["btc-bitcoin", "uni-uniswap"]
