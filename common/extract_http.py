@@ -68,6 +68,10 @@ def extract_http(spec: SourceSpec, store: Store, run: Run, keeper: LeaseKeeper, 
         return "partial"
     finally:
         run.summary["http"] = fetcher.stats.to_dict()
+        for capped in fetcher.stats.capped_waits:
+            run.summary["warnings"].append(
+                f"{spec.name} asked to wait {capped['requested_s']:g}s (Retry-After: {capped['retry_after']}); "
+                f"capped at {capped['waited_s']:g}s (MAX_SERVER_WAIT_S)")
     if run.summary["failed_pages"]:
         run.summary["warnings"].append(f"{len(run.summary['failed_pages'])} page(s) failed; see failed_pages")
         return "partial"

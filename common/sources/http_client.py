@@ -15,6 +15,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from common.clock import Clock, Deadline
+from common.config import Settings
 from common.errors import BudgetExhausted, RateLimited, SourceError, SourceUnavailable
 from common.sources import SourceSpec
 from common.sources.ratelimit import SourceLimiter, WindowFull
@@ -45,6 +46,7 @@ class HttpStats:
         self.statuses: dict[str, int] = {}
         self.waited_s = {"rate_limit": 0.0, "retry_after": 0.0, "backoff": 0.0}
         self.events: list[dict] = []
+        self.capped_waits: list[dict] = []  # Retry-After values beyond the cap: what was asked, what was waited
 
     def event(self, **fields) -> None:
         if len(self.events) < MAX_EVENTS:
@@ -52,17 +54,20 @@ class HttpStats:
 
     def to_dict(self) -> dict:
         return {"requests": self.requests, "retries": self.retries, "statuses": self.statuses,
-                "waited_s": {k: round(v, 3) for k, v in self.waited_s.items()}, "events": self.events}
+                "waited_s": {k: round(v, 3) for k, v in self.waited_s.items()}, "events": self.events,
+                "capped_waits": self.capped_waits}
 
 
 class PageFetcher:
     """GETs pages of one source within one invocation's deadline."""
 
     def __init__(self, spec: SourceSpec, session: requests.Session, limiter: SourceLimiter, deadline: Deadline,
-                 clock: Clock, sleep: Callable[[float], None]) -> None:
+                 clock: Clock, sleep: Callable[[float], None], *,
+                 max_server_wait_s: float = Settings.max_server_wait_s) -> None:
         assert spec.http is not None
         self.spec, self.http, self.session, self.limiter = spec, spec.http, session, limiter
         self.deadline, self.clock, self.sleep = deadline, clock, sleep
+        self.max_server_wait_s = max_server_wait_s
         self.stats = HttpStats()
 
     def fetch(self, page: int | None) -> tuple[str, list]:
@@ -107,7 +112,8 @@ class PageFetcher:
         self.stats.statuses[str(status)] = self.stats.statuses.get(str(status), 0) + 1
         if status == 429:
             spacing = self.limiter.rate.interval_ms / 1000 / self.limiter.rate.limit
-            wait = retry_after_seconds(response.headers.get("Retry-After"), self.clock, default=spacing)
+            header = response.headers.get("Retry-After")
+            wait = self._bounded(retry_after_seconds(header, self.clock, default=spacing), header, page)
             factor = self.limiter.penalize(wait)
             raise RateLimited(f"{self.spec.name}: 429 Too Many Requests (Retry-After {wait:.1f}s; rate now "
                               f"{factor:.0%} of {self.limiter.rate})", retry_after_s=wait, page=page)
@@ -119,6 +125,15 @@ class PageFetcher:
             raise SourceError(f"{self.spec.name}: HTTP {status} from {self.spec.location}: {response.text[:200]}",
                               page=page, status=status)
         return self._records(response.text, page)
+
+    def _bounded(self, requested_s: float, header: str | None, page: int | None) -> float:
+        """A server-requested wait, capped at max_server_wait_s (the cap and the request are both reported)."""
+        if requested_s <= self.max_server_wait_s:
+            return requested_s
+        if len(self.stats.capped_waits) < MAX_EVENTS:
+            self.stats.capped_waits.append({"page": page, "requested_s": round(requested_s, 3),
+                                            "waited_s": self.max_server_wait_s, "retry_after": header})
+        return self.max_server_wait_s
 
     def _records(self, body: str, page: int | None) -> tuple[str, list]:
         try:

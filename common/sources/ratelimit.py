@@ -17,6 +17,7 @@ from pyrate_limiter import AbstractBucket, Duration, Limiter, Rate, RateItem
 from pyrate_limiter.limiter import SingleBucketFactory
 
 from common.clock import Clock, Deadline
+from common.config import Settings
 from common.errors import ConfigError, StoreError
 from common.store import Store
 
@@ -139,8 +140,10 @@ class SourceLimiter:
     """The budget of one source: `acquire()` before every request, `penalize()` on a 429."""
 
     def __init__(self, store: Store, source: str, rate: RateSpec, clock: Clock,
-                 sleep: Callable[[float], None], safety_ms: int | None = None) -> None:
+                 sleep: Callable[[float], None], safety_ms: int | None = None,
+                 max_blocked_s: float = Settings.max_server_wait_s) -> None:
         self.store, self.source, self.rate, self.clock, self.sleep = store, source, rate, clock, sleep
+        self.max_blocked_s = max_blocked_s  # no server-requested block lasts longer, whoever stored it
         # arrival jitter on the server side must not turn our N-per-window into N+1 in its window
         self.safety_ms = safety_ms if safety_ms is not None else max(100, rate.interval_ms // 40)
         # a slot's stamp may precede its send by up to a quarter of the padding; the rest stays for arrival jitter
@@ -156,6 +159,11 @@ class SourceLimiter:
         state, version = self.store.get_state(f"adaptive:{self.source}")
         return state or {"factor": 1.0, "since": 0.0, "blocked_until": 0.0}, version
 
+    def blocked_until(self, state: dict) -> float:
+        """The stored block, bounded by `max_blocked_s` from the 429 that set it (a block stored by an older
+        version or another process without the cap heals by itself)."""
+        return min(state["blocked_until"], state["since"] + self.max_blocked_s)
+
     def factor(self, state: dict | None = None) -> float:
         """The share of the configured rate in force now (recovers additively after each 429 halving)."""
         state = state if state is not None else self._adaptive()[0]
@@ -168,7 +176,7 @@ class SourceLimiter:
         waited = 0.0
         while True:
             state, _ = self._adaptive()
-            blocked = state["blocked_until"] - self.clock()
+            blocked = self.blocked_until(state) - self.clock()
             if blocked <= 0:
                 self.bucket.rates = [self._rate(self.factor(state))]
                 if self.limiter.try_acquire(self.source, blocking=False):
@@ -187,12 +195,15 @@ class SourceLimiter:
             waited += blocked
 
     def penalize(self, retry_after_s: float) -> float:
-        """A 429: halve the rate (down to MIN_FACTOR) and block every process until Retry-After has passed."""
+        """A 429: halve the rate (down to MIN_FACTOR) and block every process until Retry-After has passed
+        (at most `max_blocked_s`)."""
+        retry_after_s = min(retry_after_s, self.max_blocked_s)
         for _ in range(CAS_ATTEMPTS):
             state, version = self._adaptive()
             now = self.clock()
             factor = max(MIN_FACTOR, self.factor(state) / 2)
-            update = {"factor": factor, "since": now, "blocked_until": max(state["blocked_until"], now + retry_after_s)}
+            until = max(min(self.blocked_until(state), now + self.max_blocked_s), now + retry_after_s)
+            update = {"factor": factor, "since": now, "blocked_until": until}
             if self.store.cas_state(f"adaptive:{self.source}", update, version):
                 return factor
         raise StoreError(f"adaptive rate {self.source}: too much contention")
