@@ -9,12 +9,15 @@ import json
 from datetime import date
 
 import pytest
+import responses
 
 from common.config import Settings
 from common.pipeline import run_extract, run_replay, run_transform
 from common.store import DataQuery
 from common.wiring import Wiring
 from tests.conftest import FakeClock, csv_lines, write_csv
+from tests.unit.test_drift_pipeline import api  # noqa: F401  (fixture: source C over `responses`, SleepingClock)
+from tests.unit.test_http_sources import C_URL, coin
 
 DAY_FIRST = "%d-%m-%y %H:%M"
 FIX = 'FIELD_FORMATS=\'{"source_b": {"observed_at": "%d-%m-%y %H:%M"}}\''
@@ -189,3 +192,21 @@ def test_a_run_that_quarantines_more_than_the_ratio_fails_with_the_reason(wiring
     stored = wiring.store.get_run(run.run_id)
     assert stored.status == status
 
+
+
+@responses.activate
+def test_json_sources_share_the_coercion_path_and_the_date_formats(api):
+    odd = [coin(0), coin(1, current_price="1_0"), coin(2, last_updated="2018"), coin(3, current_price="١٢٣"),
+           coin(4, last_updated="31-12-20 23:59"), coin(5, last_updated="28-01-18 23:59")]
+    responses.get(C_URL, json=odd)
+    run_extract("c", api)
+    run = run_transform(api)
+    assert run.rows_out == 3 and run.quarantined == 3  # 0, and 4 and 5 read day-first (inferred from both)
+    reasons = {e["row_number"]: e["reason"] for e in api.store.list_quarantine("source_c")}
+    assert reasons[2].startswith("bad number in current_price: ambiguous number")
+    assert reasons[3] == "unparsable timestamp in last_updated: ambiguous: '2018' looks like a year, not an epoch"
+    assert reasons[4].startswith("bad number in current_price: not a number")
+    stamps = {i["source_id"]: i["observed_at"] for i in api.store.query_normalized(DataQuery(source="source_c")).items}
+    assert stamps == {"coin-0": "2025-10-10T14:25:20.000Z", "coin-4": "2020-12-31T23:59:00.000Z",
+                      "coin-5": "2018-01-28T23:59:00.000Z"}
+    assert format_decision(run)["source"] == "source_c" and format_decision(run)["format"] == DAY_FIRST
