@@ -14,10 +14,9 @@ import responses
 from common.config import Settings
 from common.pipeline import run_extract, run_replay, run_transform
 from common.store import DataQuery
-from common.wiring import Wiring
+from common.wiring import Wiring, build_store
 from tests.conftest import FakeClock, csv_lines, write_csv
-from tests.unit.test_drift_pipeline import api  # noqa: F401  (fixture: source C over `responses`, SleepingClock)
-from tests.unit.test_http_sources import C_URL, coin
+from tests.unit.test_http_sources import C_URL, SleepingClock, coin
 
 DAY_FIRST = "%d-%m-%y %H:%M"
 FIX = 'FIELD_FORMATS=\'{"source_b": {"observed_at": "%d-%m-%y %H:%M"}}\''
@@ -38,6 +37,15 @@ def resaved(lines: list[str]) -> list[str]:
 @pytest.fixture
 def wiring(wiring):
     return dataclasses.replace(wiring, clock=FakeClock())
+
+
+@pytest.fixture
+def api(tmp_path):
+    clock = SleepingClock()
+    settings = Settings(sqlite_path=str(tmp_path / "etl.sqlite3"), source_c_url=C_URL, source_c_rate="100/1m")
+    store = build_store(settings, clock)
+    yield Wiring(settings=settings, store=store, clock=clock, sleep=clock.sleep)
+    store.close()
 
 
 def with_formats(wiring: Wiring, formats: dict) -> Wiring:
