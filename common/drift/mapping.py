@@ -145,11 +145,10 @@ class ValueFormats:
 
     def __init__(self, store: Store, source: str, run_id: str, clock: Clock, declared: Mapping[str, str], *,
                  learn: bool = True) -> None:
-        self.store, self.source, self.run_id, self.learn = store, source, run_id, learn
+        self.store, self.source, self.run_id, self.clock, self.learn = store, source, run_id, clock, learn
         self.declared = dict(declared)
         self.key = f"formats:{source}"
-        self.now = clock()
-        self.latest = (datetime.fromtimestamp(self.now, timezone.utc) + FUTURE_SLACK).date()
+        self.latest = (datetime.fromtimestamp(clock(), timezone.utc) + FUTURE_SLACK).date()
         self._learned: dict[str, dict] | None = None  # read on first need: most runs never need it
         self.orders: dict[str, DateOrder] = {}
         self._refreshed: dict[str, int] = {}
@@ -204,12 +203,12 @@ class ValueFormats:
                        evidence=order.evidence(), readings=list(order.remaining or []), held_back=True)
             raise order.refuse(label, value, self.source, field)
         entry = {"format": order.decided, "method": "inferred from values", "evidence": order.evidence(),
-                 "first_seen_run": self.run_id, "first_seen_at": iso_utc(self.now)}
+                 "first_seen_run": self.run_id, "first_seen_at": iso_utc(self.clock())}
         if self.learn:
             self._learned = persist_learned(self.store, self.key, {field: entry})
         else:
             self.learned[field] = entry
-        if self.learned[field]["first_seen_run"] == self.run_id:
+        if self.learned[field].get("first_seen_run") == self.run_id:
             self._note(field, label, "inferred", format=order.decided, method="inferred from values",
                        evidence=order.evidence())
         return self._with_learned(field, label, value)
@@ -232,7 +231,8 @@ class ValueFormats:
     def _note(self, field: str, label: str, action: str, **details) -> None:
         key = f"format:{field}"
         known = self.decisions.get(key)
-        if known is not None and self.RANK[known["action"]] >= self.RANK[action]:
+        if known is not None and (self.RANK[known["action"]] > self.RANK[action]
+                                  or known["action"] == action != "ambiguous"):  # ambiguity: keep the latest view
             return
         held = details.pop("held_back", False) or bool(known and known.get("held_back"))
         self.decisions[key] = {"source": self.source, "field": field, "column": label, "format": None,
