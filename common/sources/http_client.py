@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from email.utils import parsedate_to_datetime
 from typing import Callable
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
@@ -21,6 +22,7 @@ from common.sources import SourceSpec
 from common.sources.ratelimit import SourceLimiter, WindowFull
 
 MAX_EVENTS = 200
+MAX_REDIRECTS = 10
 USER_AGENT = "crypto-etl/0.1"
 
 
@@ -85,10 +87,7 @@ class PageFetcher:
 
     # --- one attempt ------------------------------------------------------------------------------
     def _attempt(self, page: int | None) -> tuple[str, list]:
-        try:
-            self.stats.waited_s["rate_limit"] += self.limiter.acquire(self.deadline)
-        except WindowFull as full:
-            raise BudgetExhausted(f"{self.spec.name}: {full}") from None
+        self._take_slot()
         params = dict(self.http.params)
         if self.http.page_param:
             params[self.http.page_param] = str(page)
@@ -99,7 +98,7 @@ class PageFetcher:
         timeout = max(0.1, min(self.http.timeout_s, self.deadline.remaining() - self.deadline.margin_s))
         self.stats.requests += 1
         try:
-            response = self.session.get(self.spec.location, params=params, headers=headers, timeout=timeout)
+            response = self._get(params, headers, timeout, page)
         except requests.Timeout:
             raise SourceUnavailable(f"{self.spec.name}: timed out after {timeout:.0f}s", page=page) from None
         except requests.exceptions.SSLError as exc:
@@ -126,6 +125,29 @@ class PageFetcher:
                               page=page, status=status)
         return self._records(response.text, page)
 
+    def _get(self, params: dict, headers: dict, timeout: float, page: int | None) -> requests.Response:
+        """GET the source, following redirects here rather than in requests: requests keeps every header but
+        `Authorization` on a redirect to another host, and the source's key must never leave its origin. A hop that
+        leaves the origin (other host, port or scheme, as `should_strip_auth` judges) drops the credentials for the
+        rest of the chain; a hop that stays on the origin is one more request to the source, so it takes a slot."""
+        url, credentials = self.spec.location, {"authorization", (self.http.auth_header or "authorization").lower()}
+        for hop in range(MAX_REDIRECTS + 1):
+            if hop and _origin(url) == _origin(self.spec.location):
+                self._take_slot()
+            response = self.session.get(url, params=params, headers=headers, timeout=timeout, allow_redirects=False)
+            target = self.session.get_redirect_target(response)
+            if target is None:
+                return response
+            response.close()
+            following = urljoin(response.url, target)
+            if self.session.should_strip_auth(response.url, following):
+                headers = {name: value for name, value in headers.items() if name.lower() not in credentials}
+            self.stats.event(page=page, redirect=f"{response.status_code} to {_origin(following)}",
+                             credentials_sent=any(name.lower() in credentials for name in headers))
+            url, params = following, None  # the Location carries its own query
+        raise SourceError(f"{self.spec.name}: more than {MAX_REDIRECTS} redirects from {self.spec.location}",
+                          page=page)
+
     def _bounded(self, requested_s: float, header: str | None, page: int | None) -> float:
         """A server-requested wait, capped at max_server_wait_s (the cap and the request are both reported)."""
         if requested_s <= self.max_server_wait_s:
@@ -134,6 +156,12 @@ class PageFetcher:
             self.stats.capped_waits.append({"page": page, "requested_s": round(requested_s, 3),
                                             "waited_s": self.max_server_wait_s, "retry_after": header})
         return self.max_server_wait_s
+
+    def _take_slot(self) -> None:
+        try:
+            self.stats.waited_s["rate_limit"] += self.limiter.acquire(self.deadline)
+        except WindowFull as full:
+            raise BudgetExhausted(f"{self.spec.name}: {full}") from None
 
     def _records(self, body: str, page: int | None) -> tuple[str, list]:
         try:
@@ -175,6 +203,11 @@ class MalformedBody(SourceUnavailable):
     def __init__(self, message: str, body: str, **context: object) -> None:
         super().__init__(message, **context)
         self.body = body
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or {'http': 80, 'https': 443}.get(parts.scheme)}"
 
 
 def _short(exc: Exception) -> str:
