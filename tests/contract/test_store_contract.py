@@ -942,3 +942,21 @@ class TestRealMongoStore(MongoContract):
         db.client.drop_database(db.name)
         store.close()
         db.client.close()
+
+
+@pytest.mark.skipif(not os.environ.get("TEST_MONGODB_RS_URI"), reason="TEST_MONGODB_RS_URI is not set")
+class TestRealMongoReplicaSet(TestRealMongoStore):
+    """A replica set: fenced writes go through multi-document transactions (detected, not forced)."""
+
+    def make_store(self, tmp_path, clock):
+        client = pymongo.MongoClient(os.environ["TEST_MONGODB_RS_URI"])
+        store = MongoStore(client, f"etl_rs_{uuid.uuid4().hex[:12]}", clock=clock)
+        store.ping()
+        assert store._transactions is True
+        return store
+
+    def make_v1_store(self, tmp_path, clock):
+        client = pymongo.MongoClient(os.environ["TEST_MONGODB_RS_URI"])
+        name = f"etl_rs_{uuid.uuid4().hex[:12]}"
+        seed_v1_mongo(client[name])
+        return MongoStore(client, name, clock=clock)
