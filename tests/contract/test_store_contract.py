@@ -31,6 +31,19 @@ ASSET_KEYS = ["asset_id", "symbol", "name", "first_seen_at", "updated_at", "sour
 UNREACHABLE_MONGO = "mongodb://127.0.0.1:1/contract?serverSelectionTimeoutMS=50&connectTimeoutMS=50"
 
 
+def write_v1_sqlite(path):
+    """A SQLite store file exactly as the first release left it (schema snapshot below, frozen on purpose)."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SQLITE_SCHEMA)
+        conn.executemany(
+            "INSERT INTO normalized (source, source_id, observed_at, idempotency_key, symbol, asset_id, name, "
+            "price_usd, ingested_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '2026-01-01T00:00:00.000Z', 'r0')",
+            V1_RECORDS)
+        conn.execute("INSERT INTO leases VALUES ('transform_load', 'old-owner', 1.0)")
+    conn.close()
+    return path
+
+
 # as the first release created it
 V1_SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
@@ -794,15 +807,7 @@ class TestSqliteStore(StoreContract):
         return SqliteStore(str(tmp_path / "store" / "etl.sqlite3"), clock=clock)
 
     def make_v1_store(self, tmp_path, clock):
-        path = tmp_path / "v1.sqlite3"
-        with sqlite3.connect(path) as conn:
-            conn.executescript(V1_SQLITE_SCHEMA)
-            conn.executemany(
-                "INSERT INTO normalized (source, source_id, observed_at, idempotency_key, symbol, asset_id, name, "
-                "price_usd, ingested_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '2026-01-01T00:00:00.000Z', 'r0')",
-                V1_RECORDS)
-            conn.execute("INSERT INTO leases VALUES ('transform_load', 'old-owner', 1.0)")
-        conn.close()
+        path = write_v1_sqlite(tmp_path / "v1.sqlite3")
         return SqliteStore(str(path), clock=clock)
 
     def make_unreachable_store(self, tmp_path):

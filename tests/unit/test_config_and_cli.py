@@ -80,16 +80,9 @@ def test_bad_rate_strings_are_rejected_at_start_up(value):
 def test_etl_migrate_upgrades_a_first_release_store_in_place(tmp_path, monkeypatch, capsys):
     import sqlite3
 
-    from tests.contract.test_store_contract import V1_RECORDS, V1_SQLITE_SCHEMA
+    from tests.contract.test_store_contract import write_v1_sqlite
 
-    path = tmp_path / "old.sqlite3"
-    with sqlite3.connect(path) as conn:
-        conn.executescript(V1_SQLITE_SCHEMA)
-        conn.executemany(
-            "INSERT INTO normalized (source, source_id, observed_at, idempotency_key, symbol, asset_id, name, "
-            "price_usd, ingested_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '2026-01-01T00:00:00.000Z', 'r0')",
-            V1_RECORDS)
-    conn.close()
+    path = write_v1_sqlite(tmp_path / "old.sqlite3")
     monkeypatch.setenv("SQLITE_PATH", str(path))
     monkeypatch.delenv("MONGODB_URI", raising=False)
     assert main(["migrate"]) == 0
