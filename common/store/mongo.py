@@ -25,7 +25,7 @@ from common.errors import ConfigError, LeaseLost, StoreError
 from common.store import (
     FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, DataQuery, Fence, Page, RawBatch, Run, Store,
 )
-from common.store.migrations import canonical_observed_at, migrated_source_id, record_key
+from common.store.migrations import CSV_SOURCES, canonical_observed_at, migrated_source_id, record_key
 
 DEFAULT_DB_NAME = "etl_db"
 _KEY_FIELDS = ("source", "source_id", "observed_at")
@@ -508,6 +508,9 @@ def _migrate(db, fresh: bool) -> int:
     found = meta["version"] if meta else (SCHEMA_VERSION if fresh else 1)
     if found < 3:  # version 2 (lease epochs) needs no rewrite: a lease without one is taken over as epoch 0
         _rekey_records(db)
+        # transform the CSV's batches once more: rows two coins with one ticker had collapsed into one come back
+        db.raw_batches.update_many({"status": "done", "source": {"$in": sorted(CSV_SOURCES)}},
+                                   {"$set": {"status": "pending"}, "$inc": {"version": 1}})
     if found < SCHEMA_VERSION or not meta:
         db.meta.update_one({"_id": "schema"}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True)
     return found

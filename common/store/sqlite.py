@@ -14,7 +14,7 @@ from common.errors import LeaseLost, StoreError
 from common.store import (
     FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, DataQuery, Fence, Page, RawBatch, Run, Store,
 )
-from common.store.migrations import canonical_observed_at, migrated_source_id, record_key
+from common.store.migrations import CSV_SOURCES, canonical_observed_at, migrated_source_id, record_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
@@ -73,7 +73,10 @@ MIGRATIONS = {  # version -> statements that bring version - 1 up to it, in one 
         "market_cap_usd = excluded.market_cap_usd, volume_24h_usd = excluded.volume_24h_usd",
         "DROP TABLE normalized",
         "ALTER TABLE normalized_v3 RENAME TO normalized",
-        "CREATE INDEX IF NOT EXISTS normalized_symbol_time ON normalized (symbol, observed_at)"),
+        "CREATE INDEX IF NOT EXISTS normalized_symbol_time ON normalized (symbol, observed_at)",
+        # transform the CSV's batches once more: rows two coins with one ticker had collapsed into one come back
+        "UPDATE raw_batches SET status = 'pending', version = version + 1 "
+        "WHERE status = 'done' AND source IN (SELECT value FROM json_each(etl_csv_sources()))"),
 }
 
 _COLUMNS = ", ".join(NORMALIZED_FIELDS)
@@ -121,6 +124,7 @@ class SqliteStore(Store):
             conn.create_function("etl_observed_at", 1, canonical_observed_at, deterministic=True)
             conn.create_function("etl_source_id", 3, migrated_source_id, deterministic=True)
             conn.create_function("etl_record_key", 3, record_key, deterministic=True)
+            conn.create_function("etl_csv_sources", 0, lambda: json.dumps(sorted(CSV_SOURCES)), deterministic=True)
             found = self._migrate(conn)
             self.migrated_from = min(found, self.migrated_from)
         except (sqlite3.Error, OSError) as exc:

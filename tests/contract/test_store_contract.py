@@ -40,6 +40,10 @@ def write_v1_sqlite(path):
             "price_usd, ingested_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '2026-01-01T00:00:00.000Z', 'r0')",
             V1_RECORDS)
         conn.execute("INSERT INTO leases VALUES ('transform_load', 'old-owner', 1.0)")
+        conn.execute("INSERT INTO raw_batches VALUES ('source_b:f:0', 'source_b', 'r0', 'csv_lines', 'x', 1, 1, NULL, "
+                     "'[]', '{}', 1, 'done', '2026-01-01T00:00:00.000Z', 1)")
+        conn.execute("INSERT INTO raw_batches VALUES ('source_c:s:1', 'source_c', 'r0', 'json', '[]', 0, 1, NULL, "
+                     "'[]', '{}', 1, 'done', '2026-01-01T00:00:00.000Z', 2)")
     conn.close()
     return path
 
@@ -724,6 +728,8 @@ class StoreContract(ABC):
             ])
             times = [i["observed_at"] for i in items]
             assert times[-2:] == ["2025-06-25T10:47:48.000Z", "2025-06-25T10:47:48.500Z"]  # text order = time order
+            # the CSV's batches are transformed once more (coins that shared a ticker had lost rows); others are not
+            assert [b.batch_id for b in store.pending_raw_batches(10)] == ["source_b:f:0"]
             assert store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
             fence = store.acquire_lease("transform_load", "new-owner", ttl_s=10, now=clock.now)  # the v1 lease expired
             assert fence and fence.epoch >= 1
@@ -927,6 +933,11 @@ def seed_v1_mongo(db) -> None:
             "ingested_at": "2026-01-01T00:00:00.000Z", "run_id": "r0"})
     db.normalized.create_index([("source", 1), ("source_id", 1), ("observed_at", 1)], unique=True)
     db.leases.insert_one({"_id": "transform_load", "owner": "old-owner", "expires_at": 1.0})
+    for seq, (batch_id, source) in enumerate((("source_b:f:0", "source_b"), ("source_c:s:1", "source_c")), start=1):
+        db.raw_batches.insert_one({
+            "_id": batch_id, "source": source, "run_id": "r0", "format": "csv_lines", "payload": "x", "row_count": 1,
+            "first_row": 1, "header": "null", "rejects": "[]", "position": "{}", "version": 1, "status": "done",
+            "seq": seq, "created_at": "2026-01-01T00:00:00.000Z"})
 
 
 @pytest.mark.skipif(not os.environ.get("TEST_MONGODB_URI"), reason="TEST_MONGODB_URI is not set")
