@@ -17,7 +17,7 @@ Control endpoints are never authenticated, rate limited or logged; every request
 
 Snapshots: prices follow a random walk per coin, deterministic from --seed and the number of snapshots. A snapshot is
 taken by the first admitted data request --snapshot-every seconds after the last one (0: only on demand) and by
-POST /_control/advance; within one snapshot every call returns identical data.
+POST /_control/advance; within one snapshot every call returns identical data, unless `rank_moves` moves coins.
 
 Flags: --host, --port (0: any free port), --seed, --coins, --snapshot-every S, --key-a, --key-c, --rate-a,
 --rate-c (`N/<int><s|m|h>` such as 10/1m; 0 = no limit), --retry-after-format seconds|date, --log-file PATH (JSON
@@ -32,6 +32,9 @@ real APIs count 5xx, slow, malformed and invalid requests too. Chaos keys, per s
     malformed_json N / truncate N            the next N 200 bodies are not JSON / cut in half (Content-Length fits)
     rename {"old": "new"}                    rename fields in every record until set to {} (A: `quotes.USD.price`)
     malformed_pages [2, 5]                   (C) each of those pages answers a malformed body once
+    rank_moves [[6, 1], [3, 9]]              (C) after each answered page, the next move takes the coin at the first
+                                             rank to the second (its price moves so market caps still sort): the
+                                             ranking shifts between two requests, as it does on the real API
 """
 
 from __future__ import annotations
@@ -125,7 +128,8 @@ class EmulatorConfig:
 
 
 CHAOS_OFF = {"status_5xx": 0, "status_5xx_code": 500, "storm_429": 0, "storm_retry_after": 1, "slow_ms": 0,
-             "slow_count": 0, "malformed_json": 0, "truncate": 0, "rename": {}, "malformed_pages": []}
+             "slow_count": 0, "malformed_json": 0, "truncate": 0, "rename": {}, "malformed_pages": [],
+             "rank_moves": []}
 
 
 def with_chaos(chaos: dict, settings: dict) -> dict:
@@ -134,6 +138,9 @@ def with_chaos(chaos: dict, settings: dict) -> dict:
         kind = type(CHAOS_OFF.get(key))
         if key not in CHAOS_OFF or type(value) is not kind or (kind is int and value < 0):
             raise ValueError(f"chaos key {key!r} is unknown or its value is not a valid {kind.__name__}")
+    moves = settings.get("rank_moves", [])
+    if not all(isinstance(m, list) and len(m) == 2 and all(type(r) is int and r >= 1 for r in m) for m in moves):
+        raise ValueError("rank_moves must be a list of [from_rank, to_rank] pairs of ranks >= 1")
     if not 500 <= settings.get("status_5xx_code", 500) <= 599:
         raise ValueError("status_5xx_code must be from 500 to 599")
     if settings.get("slow_ms") and "slow_count" not in settings:
@@ -255,9 +262,22 @@ class Market:
         for coin in self.coins if walk else ():
             coin.step(self.rng, now)
         self.number, self.taken_at = self.number + 1, now
+        self._render()
+
+    def move(self, from_rank: int, to_rank: int) -> None:
+        """Reprice the coin at `from_rank` so that it ranks `to_rank` (by market cap, between its new neighbours)."""
         ranked = sorted(self.coins, key=lambda coin: coin.market_cap, reverse=True)
-        self.tickers = [paprika_record(coin, rank, now) for rank, coin in enumerate(ranked, 1)]
-        self.markets = [gecko_record(coin, rank, now) for rank, coin in enumerate(ranked, 1)]
+        coin = ranked.pop(from_rank - 1)
+        above = ranked[to_rank - 2].market_cap if to_rank >= 2 else None
+        below = ranked[to_rank - 1].market_cap if to_rank - 1 < len(ranked) else None
+        target = (above + below) / 2 if above and below else above * 0.9 if above else below * 1.1
+        coin.price = target / coin.circulating
+        self._render()
+
+    def _render(self) -> None:
+        ranked = sorted(self.coins, key=lambda coin: coin.market_cap, reverse=True)
+        self.tickers = [paprika_record(coin, rank, self.taken_at) for rank, coin in enumerate(ranked, 1)]
+        self.markets = [gecko_record(coin, rank, self.taken_at) for rank, coin in enumerate(ranked, 1)]
 
 
 def renamed(record: dict, renames: dict) -> dict:
@@ -342,7 +362,10 @@ class Emulator:
         if source not in ("a", "c"):
             raise ValueError('source must be "a" or "c"')
         with self._lock:
-            self.chaos[source] = with_chaos(self.chaos[source], settings)
+            chaos = with_chaos(self.chaos[source], settings)
+            if any(rank > self.config.coins for move in chaos["rank_moves"] for rank in move):
+                raise ValueError(f"rank_moves: ranks go from 1 to {self.config.coins}")
+            self.chaos[source] = chaos
             return copy.deepcopy(self.chaos[source])
 
     def chaos_left(self) -> dict:
@@ -421,6 +444,8 @@ class Emulator:
                 return json_reply(400, {"error": problem}), True, delay_s
             per_page, page = int(query.get("per_page", "100")), int(query.get("page", "1"))
             records = self.market.markets[(page - 1) * per_page: page * per_page]
+        if source == "c" and chaos["rank_moves"]:  # the ranking moves after this page is taken
+            self.market.move(*chaos["rank_moves"].pop(0))
         if chaos["rename"]:
             records = [renamed(record, chaos["rename"]) for record in records]
         status, body, _ = json_reply(200, records)

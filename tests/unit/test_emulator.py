@@ -299,6 +299,24 @@ def test_malformed_pages_break_each_listed_page_once(emu):
     assert emu.chaos_left()["c"]["malformed_pages"] == []
 
 
+def test_rank_moves_shift_the_ranking_between_requests(emu):
+    """After each admitted page request, the next move takes the coin at one rank to another (its price moves so
+    that market caps still sort), so a pager sees a coin twice and misses another, as on the real API."""
+    before = [r["id"] for r in get(emu, C, {**USD, "per_page": 5, "page": 1}).json()]
+    sixth = get(emu, C, {**USD, "per_page": 5, "page": 2}).json()[0]["id"]
+    emu.set_chaos("c", rank_moves=[[6, 1]])
+    assert [r["id"] for r in get(emu, C, {**USD, "per_page": 5, "page": 1}).json()] == before
+    second = get(emu, C, {**USD, "per_page": 5, "page": 2}).json()
+    assert second[0]["id"] == before[-1] and sixth not in [r["id"] for r in second]  # shown twice / never
+    assert [r["market_cap_rank"] for r in second] == list(range(6, 11))
+    assert [r["market_cap"] for r in second] == sorted((r["market_cap"] for r in second), reverse=True)
+    assert emu.chaos_left()["c"]["rank_moves"] == []
+    assert [r["id"] for r in get(emu, C, {**USD, "per_page": 5, "page": 1}).json()] == [sixth, *before[:4]]
+    assert [r["id"] for r in get(emu, C, {**USD, "per_page": 10, "page": 1}).json()][:6] == [sixth, *before]
+    for bad in ([[0, 1]], [[1]], [["1", 2]], [[1, 2, 3]], [[601, 1]]):
+        assert post(emu, "/_control/chaos", {"source": "c", "rank_moves": bad}).status_code == 400
+
+
 def test_bad_chaos_bodies_are_400(emu):
     for body in ({"source": "x", "truncate": 1}, {"source": "a", "explode": 1}, {"source": "a", "truncate": -1},
                  {"source": "a", "rename": "price"}, {"source": "a", "status_5xx_code": 200}, {"truncate": 1}):
