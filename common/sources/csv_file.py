@@ -1,4 +1,9 @@
-"""Streaming reader for a CSV source: byte-offset chunks, file identity, and resume after append or replace."""
+"""Byte-level reading of a CSV source: the header, line chunks with a content hash, and unterminated last lines.
+
+A chunk is whole lines only: a last line without its newline may still be being written by another program, so
+`read_chunk` stops before it and reports its length; the caller decides whether the file is complete (see
+`common.sources.csv_position` and `common.extract`).
+"""
 
 from __future__ import annotations
 
@@ -6,28 +11,21 @@ import csv
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, NamedTuple
 
 from common.errors import SourceError
 
 IDENTITY_PREFIX_BYTES = 64 * 1024
-TAIL_BYTES = 4 * 1024
 CHUNK_MAX_BYTES = 16 * 1024 * 1024
+HASH_BLOCK_BYTES = 1 << 20
 BOM = b"\xef\xbb\xbf"
 
 
-@dataclass(frozen=True)
-class FilePosition:
-    """Checkpoint of a CSV source: where to resume and how to tell that it is still the same file."""
+class FileStat(NamedTuple):
+    """What tells us, without reading it, that a file was written to: its size and modification time."""
 
-    identity: str  # hash of the first `prefix_len` bytes
-    prefix_len: int
-    offset: int  # byte offset of the next unread line
-    row: int  # data rows (lines after the header) consumed so far
-    tail_hash: str  # hash of the bytes just before `offset`
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+    size: int
+    mtime_ns: int
 
 
 @dataclass
@@ -37,6 +35,8 @@ class CsvChunk:
     first_row: int
     text: str  # the chunk's lines as received (undecodable or oversize lines replaced by empty lines)
     row_count: int
+    digest: str = ""  # hash of the file's bytes [start, end) exactly as they were read
+    batch_at: int = 0  # the offset in its raw batch id (`start`, unless it rewrites a merged chunk)
     rejects: list[dict] = field(default_factory=list)  # {"row_number", "raw", "reason"}
 
 
@@ -48,23 +48,30 @@ class CsvFile:
         self.chunk_rows = chunk_rows
         self.max_line_bytes = max_line_bytes
 
-    def _open(self) -> BinaryIO:
+    def open(self) -> BinaryIO:
         try:
             return open(self.path, "rb")
-        except FileNotFoundError:
-            raise SourceError(f"CSV file not found: {self.path}", path=self.path) from None
         except OSError as exc:
-            raise SourceError(f"CSV file unreadable: {self.path}: {exc.strerror or exc}", path=self.path) from None
+            raise self._error(exc) from None
+
+    def stat(self) -> FileStat:
+        try:
+            result = os.stat(self.path)
+        except OSError as exc:
+            raise self._error(exc) from None
+        return FileStat(result.st_size, result.st_mtime_ns)
+
+    def _error(self, exc: OSError) -> SourceError:
+        if isinstance(exc, FileNotFoundError):
+            return SourceError(f"CSV file not found: {self.path}", path=self.path)
+        return SourceError(f"CSV file unreadable: {self.path}: {exc.strerror or exc}", path=self.path)
 
     def size(self) -> int:
-        try:
-            return os.path.getsize(self.path)
-        except OSError as exc:
-            raise SourceError(f"CSV file unreadable: {self.path}: {exc.strerror or exc}", path=self.path) from None
+        return self.stat().size
 
     def read_header(self) -> tuple[list[str], int]:
         """The header's column names and the byte offset where data starts."""
-        with self._open() as handle:
+        with self.open() as handle:
             line = handle.readline(self.max_line_bytes + 1)
         if not line.strip():
             raise SourceError(f"CSV file is empty (no header line): {self.path}", path=self.path)
@@ -83,92 +90,97 @@ class CsvFile:
             raise SourceError(f"CSV header cannot be parsed: {exc}") from None
         return [name.strip() for name in names], data_start
 
-    def start_position(self, data_start: int) -> FilePosition:
-        with self._open() as handle:
-            prefix = handle.read(IDENTITY_PREFIX_BYTES)
-        return FilePosition(
-            identity=_digest(prefix), prefix_len=len(prefix), offset=data_start, row=0,
-            tail_hash=self._tail_hash(data_start),
-        )
+    def prefix_digest(self, length: int = IDENTITY_PREFIX_BYTES) -> tuple[str, int]:
+        """Hash of the first `length` bytes (fewer if the file is shorter) and how many there were."""
+        with self.open() as handle:
+            prefix = handle.read(length)
+        return digest(prefix), len(prefix)
 
-    def resume(self, saved: dict | None, data_start: int) -> tuple[FilePosition, str | None]:
-        """Where to continue: the saved position if this is still the same file, else a fresh start + why."""
-        if not saved:
-            return self.start_position(data_start), None
-        try:
-            position = FilePosition(**saved)
-        except TypeError:
-            return self.start_position(data_start), "checkpoint unreadable; re-reading the file from the start"
-        if self.size() < position.offset:
-            return self.start_position(data_start), "file shrank since the last run (replaced); re-reading it"
-        with self._open() as handle:
-            same_prefix = _digest(handle.read(position.prefix_len)) == position.identity
-        if not same_prefix or self._tail_hash(position.offset) != position.tail_hash:
-            return self.start_position(data_start), "file content changed since the last run (replaced); re-reading it"
-        return position, None
+    def hash_range(self, handle: BinaryIO, start: int, end: int, *more: "hashlib._Hash") -> tuple[str, bytes] | None:
+        """Hash of bytes [start, end) read in blocks (flat memory) and their last byte; None past end of file.
+        Every hasher in `more` is fed the same bytes."""
+        handle.seek(start)
+        hasher, remaining, last = hashlib.sha256(), end - start, b""
+        while remaining > 0:
+            block = handle.read(min(HASH_BLOCK_BYTES, remaining))
+            if not block:
+                return None
+            hasher.update(block)
+            for other in more:
+                other.update(block)
+            remaining -= len(block)
+            last = block[-1:]
+        return hasher.hexdigest()[:24], last
 
-    def _tail_hash(self, offset: int, handle: BinaryIO | None = None) -> str:
-        """Hash of the bytes just before `offset` (on `handle` if given, leaving its position unchanged)."""
-        if handle is None:
-            with self._open() as own:
-                return self._tail_hash(offset, own)
-        position = handle.tell()
-        handle.seek(max(0, offset - TAIL_BYTES))
-        digest = _digest(handle.read(min(offset, TAIL_BYTES)))
-        handle.seek(position)
-        return digest
-
-    def chunks(self, position: FilePosition) -> Iterator[tuple[CsvChunk, FilePosition]]:
-        """Chunks from `position` to the end of file, each with the position just after it."""
-        with self._open() as handle:
-            handle.seek(position.offset)
-            offset, row = position.offset, position.row
-            while True:
-                chunk = self._read_chunk(handle, offset, row + 1)
-                if chunk is None:
-                    return
-                offset, row = chunk.end, row + chunk.row_count
-                after = FilePosition(position.identity, position.prefix_len, offset, row,
-                                     self._tail_hash(offset, handle))
-                yield chunk, after
-
-    def _read_chunk(self, handle: BinaryIO, start: int, first_row: int) -> CsvChunk | None:
+    def read_chunk(self, handle: BinaryIO, start: int, first_row: int, max_rows: int) -> tuple[CsvChunk | None, int]:
+        """Up to `max_rows` whole lines from `start`, and the length of an unterminated line met at end of file
+        (left unread: the handle is positioned just before it). (None, n) when there is no whole line."""
+        handle.seek(start)
         limit = self.max_line_bytes + 1
         lines: list[bytes] = []
         rejects: list[dict] = []
-        size = 0
-        while len(lines) < self.chunk_rows and size < CHUNK_MAX_BYTES:
+        hasher, hashed_upto, size, held = hashlib.sha256(), 0, 0, 0
+        while len(lines) < max_rows and size < CHUNK_MAX_BYTES:
             line = handle.readline(limit)
             if not line:
                 break
-            size += len(line)
-            if len(line) == limit and not line.endswith(b"\n"):
-                size += _skip_rest_of_line(handle, limit)
-                rejects.append({
-                    "row_number": first_row + len(lines),
-                    "raw": line[:256].decode("utf-8", "backslashreplace") + "...",
-                    "reason": f"line exceeds CSV_MAX_LINE_BYTES={self.max_line_bytes}",
-                })
-                line = b"\n"
-            lines.append(line)
+            if line.endswith(b"\n"):
+                lines.append(line)
+                size += len(line)
+                continue
+            line_start = start + size
+            length, complete = (len(line), False) if len(line) < limit else _measure_line(handle, line_start, limit)
+            if not complete:  # end of file inside the line: the writer may not have finished it
+                handle.seek(line_start)
+                held = length
+                break
+            hasher.update(b"".join(lines[hashed_upto:]))
+            self.hash_range(handle, line_start, line_start + length, hasher)  # oversize: hashed, never held whole
+            rejects.append({
+                "row_number": first_row + len(lines),
+                "raw": line[:256].decode("utf-8", "backslashreplace") + "...",
+                "reason": f"line exceeds CSV_MAX_LINE_BYTES={self.max_line_bytes}",
+            })
+            lines.append(b"\n")
+            hashed_upto, size = len(lines), size + length
         if not lines:
-            return None
-        text = _decode_lines(lines, first_row, rejects)
+            return None, held
+        joined = b"".join(lines)
+        hasher.update(joined if hashed_upto == 0 else b"".join(lines[hashed_upto:]))
+        text = _decode_lines(joined, lines, first_row, rejects)
         return CsvChunk(start=start, end=start + size, first_row=first_row, text=text, row_count=len(lines),
-                        rejects=rejects)
+                        digest=hasher.hexdigest()[:24], batch_at=start, rejects=rejects), held
+
+    def read_last_line(self, handle: BinaryIO, start: int, end: int, first_row: int) -> CsvChunk | None:
+        """The unterminated last line [start, end) once the file is known to be complete; None if those bytes are
+        no longer one unterminated line (the file changed)."""
+        handle.seek(start)
+        data = handle.read(end - start)
+        if len(data) != end - start or b"\n" in data or not data or handle.read(1):
+            return None
+        rejects: list[dict] = []
+        if len(data) > self.max_line_bytes:
+            rejects.append({"row_number": first_row, "raw": data[:256].decode("utf-8", "backslashreplace") + "...",
+                            "reason": f"line exceeds CSV_MAX_LINE_BYTES={self.max_line_bytes}"})
+            text = "\n"
+        else:
+            text = _decode_lines(data, [data], first_row, rejects)
+        return CsvChunk(start=start, end=end, first_row=first_row, text=text, row_count=1, digest=digest(data),
+                        batch_at=start, rejects=rejects)
 
 
-def _skip_rest_of_line(handle: BinaryIO, limit: int) -> int:
-    skipped = 0
+def _measure_line(handle: BinaryIO, line_start: int, limit: int) -> tuple[int, bool]:
+    """Length of the line at `line_start` and whether it ends with a newline (False: end of file came first)."""
+    handle.seek(line_start)
+    length = 0
     while True:
         part = handle.readline(limit)
-        skipped += len(part)
+        length += len(part)
         if not part or part.endswith(b"\n"):
-            return skipped
+            return length, bool(part)
 
 
-def _decode_lines(lines: list[bytes], first_row: int, rejects: list[dict]) -> str:
-    joined = b"".join(lines)
+def _decode_lines(joined: bytes, lines: list[bytes], first_row: int, rejects: list[dict]) -> str:
     try:
         return joined.decode("utf-8")
     except UnicodeDecodeError:
@@ -187,5 +199,5 @@ def _decode_lines(lines: list[bytes], first_row: int, rejects: list[dict]) -> st
     return "".join(decoded)
 
 
-def _digest(data: bytes) -> str:
+def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:24]

@@ -1,18 +1,27 @@
-"""The CSV reader: chunk boundaries, checkpoint identity, append vs replace, byte-level bad input."""
+"""The CSV reader: chunk boundaries and hashes, checkpoint identity, append vs replace, unterminated last lines,
+byte-level bad input."""
 
 from __future__ import annotations
 
 import pytest
 
 from common.errors import SourceError
-from common.sources.csv_file import CsvFile
+from common.sources.csv_file import CsvFile, digest
+from common.sources.csv_position import CsvScan, FilePosition, resume
 from tests.conftest import csv_lines, write_csv
 
 
+def scan_all(reader: CsvFile, saved: dict | None = None) -> tuple[list, CsvScan, str | None]:
+    _, start = reader.read_header()
+    stat = reader.stat()
+    begin = resume(reader, saved, start, stat)
+    scan = CsvScan(reader, begin, stat)
+    return list(scan), scan, begin.reason
+
+
 def read_all(reader: CsvFile, saved: dict | None = None):
-    header, start = reader.read_header()
-    position, why = reader.resume(saved, start)
-    chunks = list(reader.chunks(position))
+    header, _ = reader.read_header()
+    chunks, _, why = scan_all(reader, saved)
     return header, chunks, why
 
 
@@ -65,11 +74,62 @@ def test_bom_and_crlf_are_accepted(tmp_path):
     assert header == ["SNo", "Name", "Symbol"] and chunks[0][0].text == "1,Bitcoin,BTC\r\n"
 
 
-def test_last_line_without_newline_is_read(tmp_path):
+def test_a_last_line_without_newline_is_held_back_until_declared_complete(tmp_path):
     path = tmp_path / "h.csv"
     path.write_bytes(b"A,B\n1,2\n3,4")
-    _, chunks, _ = read_all(CsvFile(str(path), 100, 1000))
-    assert chunks[0][0].row_count == 2 and chunks[0][0].text.endswith("3,4")
+    chunks, scan, _ = scan_all(CsvFile(str(path), 100, 1000))
+    assert [c.text for c, _ in chunks] == ["1,2\n"] and scan.held_back == 3 and scan.position.offset == 8
+
+    last, after = scan.last_line()  # what the extract calls once the file has settled
+    assert last.text == "3,4" and last.first_row == 2 and after.offset == 11 and after.row == 2
+    assert after.chunks[-1][:4] == (4, 11, 2, digest(b"1,2\n3,4"))  # merged into the small chunk before it
+
+
+def test_a_last_line_that_changed_since_it_was_seen_is_not_taken(tmp_path):
+    path = tmp_path / "h.csv"
+    path.write_bytes(b"A,B\n1,2\n3,4")
+    _, scan, _ = scan_all(CsvFile(str(path), 100, 1000))
+    path.write_bytes(b"A,B\n1,2\n3,45\n6")
+    assert scan.last_line() is None and scan.held_back == 3
+
+
+def test_chunk_hashes_are_the_hashes_of_the_file_bytes_even_around_an_oversize_line(tmp_path):
+    path = tmp_path / "h.csv"
+    data = b"A,B\n1,2\n" + b"x" * 500 + b"\n3,4\n5,6\n7,8\n"
+    path.write_bytes(data)
+    chunks, _, _ = scan_all(CsvFile(str(path), 3, max_line_bytes=100))
+    assert [(c.start, c.end, c.row_count) for c, _ in chunks] == [(4, 513, 3), (513, 521, 2)]
+    assert chunks[0][0].text == "1,2\n\n3,4\n" and "CSV_MAX_LINE_BYTES" in chunks[0][0].rejects[0]["reason"]
+    for chunk, _ in chunks:
+        assert chunk.digest == digest(data[chunk.start:chunk.end])
+    assert chunks[-1][1].offset == len(data)
+
+
+def test_an_unterminated_oversize_last_line_is_held_back_not_rejected(tmp_path):
+    path = tmp_path / "h.csv"
+    path.write_bytes(b"A,B\n1,2\n" + b"x" * 500)
+    chunks, scan, _ = scan_all(CsvFile(str(path), 100, max_line_bytes=100))
+    assert [c.text for c, _ in chunks] == ["1,2\n"] and not chunks[0][0].rejects and scan.held_back == 500
+
+
+def test_a_checkpoint_whose_chunks_do_not_add_up_is_unreadable(tmp_path):
+    path = write_csv(tmp_path / "h.csv", csv_lines(coins=1, days=5))
+    reader = CsvFile(str(path), 2, 1000)
+    chunks, scan, _ = scan_all(reader)
+    good = scan.position.to_dict()
+    assert FilePosition.from_dict(good, chunks[0][0].start) == scan.position
+    broken = {**good, "chunks": good["chunks"][1:]}
+    _, _, why = scan_all(reader, broken)
+    assert "unreadable" in why
+
+
+def test_a_checkpoint_of_the_previous_version_means_one_full_reread(tmp_path):
+    path = write_csv(tmp_path / "h.csv", csv_lines(coins=1, days=5))
+    data = path.read_bytes()
+    old = {"identity": digest(data[:65536]), "prefix_len": len(data), "offset": len(data), "row": 5,
+           "tail_hash": digest(data[-4096:])}
+    chunks, _, why = scan_all(CsvFile(str(path), 100, 1000), old)
+    assert "earlier version" in why and chunks[0][0].first_row == 1 and chunks[0][0].row_count == 5
 
 
 def test_oversized_and_undecodable_lines_become_rejects_keeping_row_numbers(tmp_path):
