@@ -1,8 +1,10 @@
 """Fetch one page of an `http_json` source: shared rate limit, retries with backoff, 429 + Retry-After.
 
 Retryable (tenacity, exponential backoff with jitter, bounded attempts): connection errors, timeouts, 5xx,
-bodies that are not JSON or are cut short, and 429 (which waits Retry-After and halves the source's rate for
-every process). Other 4xx fail fast. Every wait and retry is counted in the run summary.
+bodies that are not JSON, cut short or not a list of records, and 429 (which waits Retry-After, capped at
+max_server_wait_s, and halves the source's rate for every process). Other 4xx fail fast. A failure that came with
+a body carries it, for the quarantine. Redirects are followed here so that credentials never leave the source's
+origin. Every wait and retry is counted in the run summary.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class PageFetcher:
             raise RateLimited(f"{self.spec.name}: 429 Too Many Requests (Retry-After {wait:.1f}s; rate now "
                               f"{factor:.0%} of {self.limiter.rate})", retry_after_s=wait, page=page)
         if status >= 500:
-            raise SourceUnavailable(f"{self.spec.name}: HTTP {status}", page=page, status=status)
+            raise ServerError(f"{self.spec.name}: HTTP {status}", body=response.text, page=page, status=status)
         if status in (401, 403):
             raise SourceError(f"{self.spec.name}: {status} — check {self.http.key_setting}", page=page, status=status)
         if status >= 400:
@@ -172,8 +174,8 @@ class PageFetcher:
         for key in self.http.record_path:
             records = records.get(key) if isinstance(records, dict) else None
         if not isinstance(records, list):
-            raise SourceError(f"{self.spec.name}: expected a JSON array of records, got {type(records).__name__}",
-                              page=page)
+            raise MalformedBody(f"{self.spec.name}: expected a JSON array of records, got {type(records).__name__}",
+                                body=body, page=page)
         return body, records
 
     # --- tenacity hooks -----------------------------------------------------------------------------
@@ -197,12 +199,20 @@ class PageFetcher:
         self.stats.event(page=page, attempt=state.attempt_number, error=str(error), wait_s=round(state.upcoming_sleep, 3))
 
 
-class MalformedBody(SourceUnavailable):
-    """A 2xx whose body is not JSON (or was cut short); retried, then recorded as a failed page."""
+class FailedPage(SourceUnavailable):
+    """A retryable failure that came with a body: kept for the quarantine should the page fail every retry."""
 
     def __init__(self, message: str, body: str, **context: object) -> None:
         super().__init__(message, **context)
         self.body = body
+
+
+class MalformedBody(FailedPage):
+    """A 2xx whose body is not JSON, was cut short, or is not a list of records."""
+
+
+class ServerError(FailedPage):
+    """A 5xx."""
 
 
 def _origin(url: str) -> str:
