@@ -50,7 +50,7 @@ def extract_csv(
     if data_start >= stat.size:
         run.summary["warnings"].append("file has a header but no data rows")
         return "succeeded"
-    scan = CsvScan(csv_file, start, stat)
+    scan = CsvScan(csv_file, start, stat, keeper.keep_alive)
     stored = saved
 
     def write(chunk: CsvChunk, after: FilePosition) -> None:

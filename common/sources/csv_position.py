@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from common.sources.csv_file import CHUNK_MAX_BYTES, CsvChunk, CsvFile, FileStat
 
@@ -115,8 +115,9 @@ class CsvScan:
     the length of an unterminated last line left unread, `rewritten` the (start, end) of chunks re-read because
     their content changed."""
 
-    def __init__(self, csv_file: CsvFile, start: Resume, stat: FileStat) -> None:
-        self.csv_file, self.start, self.stat = csv_file, start, stat
+    def __init__(self, csv_file: CsvFile, start: Resume, stat: FileStat,
+                 keep_alive: Callable[[], None] = lambda: None) -> None:
+        self.csv_file, self.start, self.stat, self.keep_alive = csv_file, start, stat, keep_alive
         self.position = start.position
         self.held_back = 0
         self.rewritten: list[tuple[int, int]] = []
@@ -134,6 +135,7 @@ class CsvScan:
             start, end, rows, digest, batch_at = pending[0]
             if self._intact(handle, start, end, digest):
                 checked.append(pending.pop(0))
+                self.keep_alive()  # hashing a large file takes a while: the lease must not lapse meanwhile
                 continue
             chunk, self.held_back = self.csv_file.read_chunk(handle, start, self._rows(checked) + 1, rows)
             if chunk is None:  # nothing but end of file (or an unfinished line) where the chunk was: shrunk
