@@ -41,7 +41,7 @@ class PageFailure:
 def extract_http(spec: SourceSpec, store: Store, run: Run, keeper: LeaseKeeper, deadline: Deadline,
                  fetcher: PageFetcher, *, pass_interval_s: float = Settings.source_pass_interval_s) -> str:
     """Fetch the pass from its checkpoint until it is complete, the deadline nears, or the source fails."""
-    return HttpExtract(spec, store, run, keeper, deadline, fetcher, pass_interval_s).run()
+    return HttpExtract(spec, store, run, keeper, deadline, fetcher, pass_interval_s).extract()
 
 
 class HttpExtract:
@@ -50,7 +50,7 @@ class HttpExtract:
     def __init__(self, spec: SourceSpec, store: Store, run: Run, keeper: LeaseKeeper, deadline: Deadline,
                  fetcher: PageFetcher, pass_interval_s: float) -> None:
         assert spec.http is not None
-        self.spec, self.store, self.run_, self.keeper, self.deadline, self.fetcher = (
+        self.spec, self.store, self.run, self.keeper, self.deadline, self.fetcher = (
             spec, store, run, keeper, deadline, fetcher)
         self.name, self.paged = checkpoint_name(spec.name), spec.http.page_param is not None
         self.state, note = PagePass.resume(store.get_checkpoint(self.name), run.run_id, deadline.clock(),
@@ -64,8 +64,8 @@ class HttpExtract:
         self.unrecovered_before = self.state.unrecovered
         run.summary.update(pages=0, records=0, failed_pages=[], refetched_pages=[])
 
-    def run(self) -> str:
-        summary = self.run_.summary
+    def extract(self) -> str:
+        summary = self.run.summary
         try:
             while not self.state.complete:
                 page, again = (self.pending.page + 1, False) if self.pending else self.state.next_fetch()
@@ -93,7 +93,7 @@ class HttpExtract:
 
     # --- a page came in ------------------------------------------------------------------------------------------
     def _write(self, page: int, again: bool, body: str, records: list) -> None:
-        spec, state, summary = self.spec, self.state, self.run_.summary
+        spec, state, summary = self.spec, self.state, self.run.summary
         ids = record_ids(spec, records)
         if again:
             refetch = len(state.refetches)
@@ -109,15 +109,15 @@ class HttpExtract:
             position = {}
             summary["pages"] += 1
         self.store.put_raw_batch(
-            RawBatch(batch_id=batch_id, source=spec.name, run_id=self.run_.run_id, format="json", payload=body,
+            RawBatch(batch_id=batch_id, source=spec.name, run_id=self.run.run_id, format="json", payload=body,
                      row_count=len(records), position={"snapshot": state.snapshot, "page": page, **position}),
             (self.name, state.to_checkpoint()),
         )
         self.written += 1
-        self.run_.rows_in += len(records)
-        self.run_.rows_out += len(records)
+        self.run.rows_in += len(records)
+        self.run.rows_out += len(records)
         summary["records"] += len(records)
-        self.run_.checkpoint = state.ledger_view()
+        self.run.checkpoint = state.ledger_view()
         self.keeper.keep_alive()
 
     # --- a page did not come in ----------------------------------------------------------------------------------
@@ -161,14 +161,14 @@ class HttpExtract:
                   f"{failure.error.message}")
         self._quarantine(failure, reason)  # before the pass moves past the page: never lost without a trace
         self.state.skip(failure.page, reason)
-        self.run_.summary["failed_pages"].append({"page": failure.page, "reason": failure.error.message,
+        self.run.summary["failed_pages"].append({"page": failure.page, "reason": failure.error.message,
                                                   "skipped": True})
         self.warnings.append(f"page {failure.page} skipped after every retry failed ({why}); its body and the "
                              f"reason are in the quarantine")
 
     def _stop(self, failure: PageFailure, note: str) -> str:
         """Stop this invocation; the next one retries the page. Nothing loaded in this one: the run fails."""
-        self.run_.summary["failed_pages"].append({"page": failure.page, "reason": failure.error.message,
+        self.run.summary["failed_pages"].append({"page": failure.page, "reason": failure.error.message,
                                                   "skipped": False})
         if not self.written:
             raise failure.error
@@ -177,20 +177,20 @@ class HttpExtract:
 
     def _quarantine(self, failure: PageFailure, reason: str) -> None:
         batch_id = (f"{self.spec.name}:{self.state.snapshot}:{failure.page}" if self.paged
-                    else f"{self.spec.name}:failed:{self.run_.run_id}")
-        placeholder = RawBatch(batch_id=batch_id, source=self.spec.name, run_id=self.run_.run_id, format="json",
+                    else f"{self.spec.name}:failed:{self.run.run_id}")
+        placeholder = RawBatch(batch_id=batch_id, source=self.spec.name, run_id=self.run.run_id, format="json",
                                payload="", row_count=0)
-        entry = quarantine_entry(placeholder, self.run_.run_id, None, failure.body, reason)
+        entry = quarantine_entry(placeholder, self.run.run_id, None, failure.body, reason)
         self.store.commit_transformed(None, [], [entry], [])
-        self.run_.quarantined += 1
+        self.run.quarantined += 1
 
     def _save_state(self) -> None:
         self.store.put_checkpoint(self.name, self.state.to_checkpoint())
-        self.run_.checkpoint = self.state.ledger_view()
+        self.run.checkpoint = self.state.ledger_view()
 
     # --- the run summary -----------------------------------------------------------------------------------------
     def _summarize(self) -> None:
-        state, summary, stats = self.state, self.run_.summary, self.fetcher.stats
+        state, summary, stats = self.state, self.run.summary, self.fetcher.stats
         summary["http"] = stats.to_dict()
         for capped in stats.capped_waits:
             self.warnings.append(

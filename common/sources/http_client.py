@@ -51,6 +51,7 @@ class HttpStats:
         self.waited_s = {"rate_limit": 0.0, "retry_after": 0.0, "backoff": 0.0}
         self.events: list[dict] = []
         self.capped_waits: list[dict] = []  # Retry-After values beyond the cap: what was asked, what was waited
+        self.slots_recorded_again = 0  # rate-limit slots re-recorded because the store answered late
 
     def event(self, **fields) -> None:
         if len(self.events) < MAX_EVENTS:
@@ -59,7 +60,7 @@ class HttpStats:
     def to_dict(self) -> dict:
         return {"requests": self.requests, "retries": self.retries, "statuses": self.statuses,
                 "waited_s": {k: round(v, 3) for k, v in self.waited_s.items()}, "events": self.events,
-                "capped_waits": self.capped_waits}
+                "capped_waits": self.capped_waits, "slots_recorded_again": self.slots_recorded_again}
 
 
 class PageFetcher:
@@ -164,6 +165,8 @@ class PageFetcher:
             self.stats.waited_s["rate_limit"] += self.limiter.acquire(self.deadline)
         except WindowFull as full:
             raise BudgetExhausted(f"{self.spec.name}: {full}") from None
+        finally:
+            self.stats.slots_recorded_again = self.limiter.bucket.stalled_rounds
 
     def _records(self, body: str, page: int | None) -> tuple[str, list]:
         try:

@@ -209,6 +209,8 @@ def test_wrong_shape_fails_with_a_clear_reason(wiring):
     responses.get(A_URL, json={"tickers": []})
     run = run_extract("a", wiring)
     assert run.status == "failed" and "expected a JSON array of records, got dict" in run.summary["errors"][0]
+    [entry] = wiring.store.list_quarantine("source_a")  # the body is kept, with the reason
+    assert entry["raw"] == '{"tickers": []}' and "expected a JSON array" in entry["reason"]
 
 
 @responses.activate

@@ -3,6 +3,7 @@ every process, and the run summary shows what was asked and what was waited."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
@@ -43,8 +44,8 @@ def test_a_retry_after_date_decades_ahead_is_capped_and_waited_through_the_injec
     far = format_datetime(datetime(2090, 1, 1, tzinfo=timezone.utc), usegmt=True)
     responses.get(C_URL, status=429, headers={"Retry-After": far})
     responses.get(C_URL, json=page_of(0, 2))
-    settings = wiring.settings.__class__(**{**wiring.settings.__dict__, "invocation_budget_s": 10_000})
-    run = run_extract("c", wiring.__class__(**{**wiring.__dict__, "settings": settings}))
+    settings = dataclasses.replace(wiring.settings, invocation_budget_s=10_000)
+    run = run_extract("c", dataclasses.replace(wiring, settings=settings))
     assert run.status == "succeeded" and run.rows_in == 2
     assert clock.sleeps == [3600.0]
     assert run.summary["http"]["capped_waits"][0]["waited_s"] == 3600.0
