@@ -66,9 +66,6 @@ class CsvFile:
             return SourceError(f"CSV file not found: {self.path}", path=self.path)
         return SourceError(f"CSV file unreadable: {self.path}: {exc.strerror or exc}", path=self.path)
 
-    def size(self) -> int:
-        return self.stat().size
-
     def read_header(self) -> tuple[list[str], int]:
         """The header's column names and the byte offset where data starts."""
         with self.open() as handle:
