@@ -94,8 +94,9 @@ def test_rows_and_half_a_line_appended_during_the_extract_are_never_loaded_trunc
 
     deadline = Deadline(time.time, settings.invocation_budget_s)
     run = run_stage("extract", spec.name, store, lease_ttl_s=settings.lease_ttl_s, clock=time.time,
-                    work=lambda run, keeper: extract_csv(spec, store, settings, run, keeper, deadline, progress,
-                                                         sleep=settle_wait))
+                    budget_s=settings.invocation_budget_s,
+                    work=lambda run, keeper: extract_csv(spec, keeper.store, settings, run, keeper, deadline,
+                                                         progress, sleep=settle_wait))
     writer.close()
     checkpoint = store.get_checkpoint(checkpoint_name("source_b"))
     store.close()

@@ -48,8 +48,9 @@ def extract(wiring: Wiring, sleep, progress=None) -> Run:
     spec = source_spec("source_b", settings)
     deadline = Deadline(clock, settings.invocation_budget_s)
     return run_stage("extract", spec.name, store, lease_ttl_s=settings.lease_ttl_s, clock=clock,
-                     work=lambda run, keeper: extract_csv(spec, store, settings, run, keeper, deadline, progress,
-                                                          sleep=sleep))
+                     budget_s=settings.invocation_budget_s,
+                     work=lambda run, keeper: extract_csv(spec, keeper.store, settings, run, keeper, deadline,
+                                                          progress, sleep=sleep))
 
 
 def append(path: str | Path, text: str) -> None:
