@@ -27,7 +27,8 @@ def run_extract(source: str, wiring: Wiring, progress: Progress | None = None) -
             return extract_csv(spec, keeper.store, settings, run, keeper, deadline, progress)
         with requests.Session() as session:
             return extract_http(spec, keeper.store, run, keeper, deadline,
-                                http_fetcher(spec, wiring, deadline, session))
+                                http_fetcher(spec, wiring, deadline, session),
+                                pass_interval_s=settings.source_pass_interval_s)
 
     return run_stage("extract", spec.name, store, lease_ttl_s=settings.lease_ttl_s, clock=clock, work=work,
                      budget_s=settings.invocation_budget_s)
@@ -35,8 +36,10 @@ def run_extract(source: str, wiring: Wiring, progress: Progress | None = None) -
 
 def http_fetcher(spec: SourceSpec, wiring: Wiring, deadline: Deadline, session: requests.Session) -> PageFetcher:
     """A page fetcher drawing on the source's shared budget."""
-    limiter = SourceLimiter(wiring.store, spec.name, parse_rate(spec.http.rate), wiring.clock, wiring.sleep)
-    return PageFetcher(spec, session, limiter, deadline, wiring.clock, wiring.sleep)
+    cap = wiring.settings.max_server_wait_s
+    limiter = SourceLimiter(wiring.store, spec.name, parse_rate(spec.http.rate), wiring.clock, wiring.sleep,
+                            max_blocked_s=cap)
+    return PageFetcher(spec, session, limiter, deadline, wiring.clock, wiring.sleep, max_server_wait_s=cap)
 
 
 def run_transform(wiring: Wiring) -> Run:

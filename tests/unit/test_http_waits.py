@@ -73,3 +73,14 @@ def test_a_block_already_stored_beyond_the_cap_is_honoured_only_up_to_the_cap(wi
     limiter = SourceLimiter(wiring.store, "source_c", RateSpec(3, 60_000), clock, clock.sleep, max_blocked_s=3600)
     limiter.acquire(Deadline(clock, 10_000))
     assert clock.sleeps == [pytest.approx(3600.0)]
+
+
+@responses.activate
+def test_max_server_wait_s_reaches_the_fetch_through_the_pipeline(wiring, clock):
+    """The setting, not just the default: MAX_SERVER_WAIT_S=120 caps a 2-hour Retry-After at 2 minutes."""
+    responses.get(C_URL, status=429, headers={"Retry-After": "7200"})
+    responses.get(C_URL, json=page_of(0, 2))
+    settings = dataclasses.replace(wiring.settings, max_server_wait_s=120.0)
+    run = run_extract("c", dataclasses.replace(wiring, settings=settings))
+    assert run.status == "succeeded" and clock.sleeps == [120.0]
+    assert run.summary["http"]["capped_waits"][0]["waited_s"] == 120.0
