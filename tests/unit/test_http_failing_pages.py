@@ -121,7 +121,7 @@ def test_a_stuck_pass_older_than_the_pass_interval_is_dropped_for_a_fresh_one(wi
 def test_source_pass_interval_s_reaches_the_extract_through_the_pipeline(wiring2, clock):
     settings = dataclasses.replace(wiring2.settings, invocation_budget_s=100, source_pass_interval_s=600)
     short = dataclasses.replace(wiring2, settings=settings)
-    pages = Pages({1: [page_of(0, 3)], 2: [(429, {"Retry-After": "3600"}), page_of(3, 3)], 3: [page_of(6, 1)]})
+    pages = Pages({1: [page_of(0, 3)], 2: [(429, {"Retry-After": "500"}), page_of(3, 3)], 3: [page_of(6, 1)]})
     first = run_extract("c", short)
     assert first.status == "partial"
     clock.advance(601)
