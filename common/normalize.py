@@ -95,6 +95,14 @@ def _whole_batch(out: Normalized, batch: RawBatch, run_id: str, reason: str) -> 
     return out
 
 
+def _unreadable(out: Normalized, batch: RawBatch, run_id: str, reason: str) -> Normalized:
+    """A body that cannot be read at all: quarantined whole with its text, and an error, so the run says so and
+    a replay resolves the entry only once it really loads."""
+    out.error = reason
+    out.quarantine.append(quarantine_entry(batch, run_id, None, batch.payload, reason))
+    return out
+
+
 def _split_csv(line: str) -> list[str]:
     try:
         return next(csv.reader([line], strict=True))
@@ -230,13 +238,9 @@ def normalize_json_batch(batch: RawBatch, mapper: FieldMapper, run_id: str, inge
     try:
         records = json.loads(batch.payload)
     except ValueError as exc:
-        out.quarantine.append(quarantine_entry(batch, run_id, None, batch.payload,
-                                               f"response is not valid JSON ({exc})"))
-        return out
+        return _unreadable(out, batch, run_id, f"response is not valid JSON ({exc})")
     if not isinstance(records, list):
-        out.quarantine.append(quarantine_entry(batch, run_id, None, batch.payload,
-                                               f"expected a JSON array of records, got {type(records).__name__}"))
-        return out
+        return _unreadable(out, batch, run_id, f"expected a JSON array of records, got {type(records).__name__}")
     names: dict[str, list] = {}
     for record in records[:SAMPLE_ROWS * 5]:
         if isinstance(record, dict):
