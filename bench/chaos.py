@@ -246,7 +246,7 @@ class Fault:
         self.kind, self.target, self.rng = kind, target, rng
         self.stage = "transform" if target == "worker" else target  # the stage whose invocation it hits
         self.at_batch: int | None = None
-        self.after_s = rng.uniform(0, 0.6) if target == "worker" else rng.uniform(0, 0.015)
+        self.after_s = rng.uniform(0, 0.6) if target == "worker" else rng.uniform(0, 0.005)  # A's run: ~10 ms
         self.stall_s = rng.uniform(0.5, 5.0)
         self.fired = False
         self.victim: Invocation | None = None
@@ -265,9 +265,10 @@ class Fault:
         inv = trial.latest(self.stage)
         if inv is None:
             return
-        if self.at_batch is None:  # a batch count in the first 90 % of what the stage has to do: the last few
-            todo = trial.expected(self.stage)  # batches of B go by faster than the harness polls
-            self.at_batch = self.rng.randrange(max(1, todo - todo // 10))
+        if self.at_batch is None:  # a batch count early enough in the stage's work to land inside it: B writes
+            # ~8 batches a millisecond, the harness polls every one or two, and taking the lock takes a few more
+            todo = trial.expected(self.stage) * (0.5 if self.kind == "stall_store" else 0.9)
+            self.at_batch = self.rng.randrange(max(1, round(todo)))
         if inv.exited() or self._due(trial, inv):
             self.fired = True
             self._fire(trial, inv)
@@ -342,6 +343,8 @@ class Trial:
         self.invocations: list[Invocation] = []
         self.watch: Recovery | None = None
         self.stale: Invocation | None = None
+        self.seen_abandoned: set[str] = set()
+        self.ledger_seen_at = 0.0
         self.extracted: dict[str, int] = {}  # batches per extract after the first pass (the clean run's is the
         # yardstick for "mid-work")
 
@@ -380,7 +383,14 @@ class Trial:
             return self.db.progress(stage) < self.expected(stage)
         return bool(self.db.rows("SELECT 1 FROM raw_batches WHERE status = 'pending' LIMIT 1"))
 
+    def look_at_ledger(self, strict: bool = False) -> None:
+        """Remember every run ever marked abandoned: a later write must not turn it into a success."""
+        self.seen_abandoned |= {run["run_id"] for run in self.db.runs(strict) if abandoned(run)}
+        self.ledger_seen_at = time.time()
+
     def tick(self) -> None:
+        if time.time() - self.ledger_seen_at > 0.02:
+            self.look_at_ledger()
         if self.fault is not None:
             self.fault.tick(self)
         if self.watch is not None:
@@ -409,8 +419,9 @@ class Trial:
             if len(done) == len(stages) and not (self.fault and self.fault.armed_in(stages)):
                 return True
             if now > limit:
+                last = {stage: inv.status for stage, inv in current.items() if inv is not None}
                 self.outcome.other.append(f"{', '.join(sorted(set(stages) - done))} did not succeed within "
-                                          f"{PHASE_LIMIT_S:.0f} s (last: {[current[s] and current[s].status for s in stages]})")
+                                          f"{PHASE_LIMIT_S:.0f} s (last answers: {last})")
                 for inv in current.values():
                     if inv is not None and not inv.exited():
                         inv.killed = True
@@ -425,6 +436,7 @@ class Trial:
         if inv is None:
             return
         before = self.db.state()
+        self.look_at_ledger(strict=True)
         inv.proc.send_signal(signal.SIGCONT)
         try:
             inv.proc.wait(timeout=30)
@@ -517,17 +529,22 @@ def compare(trial: Trial, clean: dict) -> None:
         out.other.append(f"{pending} raw batch(es) still pending after every stage succeeded")
 
 
-def ledger_anomalies(runs: list[dict], invocations: list[Invocation]) -> tuple[list[str], list[str]]:
-    """(ledger anomalies, other problems): final statuses, overlaps of successful runs, abandoned successes,
-    and every invocation's answer against its ledger entry."""
+def abandoned(run: dict) -> bool:
+    return any("abandoned" in error for error in run["summary"].get("errors", []))
+
+
+def ledger_anomalies(runs: list[dict], invocations: list[Invocation], seen_abandoned: frozenset = frozenset()
+                     ) -> tuple[list[str], list[str]]:
+    """(ledger anomalies, other problems): final statuses, overlaps of successful runs, abandoned successes (now,
+    or marked abandoned at any moment the harness looked: `seen_abandoned`), and every invocation's answer
+    against its ledger entry."""
     anomalies, other, by_id = [], [], {run["run_id"]: run for run in runs}
     for run in runs:
         name = f"{run['stage']}:{run['source'] or '-'} {run['run_id']}"
         if run["status"] not in ("succeeded", "partial", "failed", "skipped"):
             anomalies.append(f"{name} left {run['status']!r}")
-        abandoned = any("abandoned" in error for error in run["summary"].get("errors", []))
-        if run["status"] == "succeeded" and abandoned:
-            anomalies.append(f"{name} is succeeded and marked abandoned")
+        if run["status"] == "succeeded" and (abandoned(run) or run["run_id"] in seen_abandoned):
+            anomalies.append(f"{name} is succeeded and {'is' if abandoned(run) else 'was'} marked abandoned")
     worked = sorted((run for run in runs if run["status"] == "succeeded" and run["finished_at"] and (
         run["rows_in"] or run["summary"].get("batches") or run["summary"].get("pages"))), key=lambda r: r["started_at"])
     for i, first in enumerate(worked):
@@ -608,7 +625,8 @@ class Bench:
         try:
             trial.run()
             compare(trial, clean)
-            anomalies, other = ledger_anomalies(trial.db.runs(strict=True), trial.invocations)
+            anomalies, other = ledger_anomalies(trial.db.runs(strict=True), trial.invocations,
+                                                frozenset(trial.seen_abandoned))
             outcome.ledger += anomalies
             outcome.other += other
         except RuntimeError as exc:  # the store could not be read: say so, count nothing as lost

@@ -49,12 +49,15 @@ def test_the_ledger_check_flags_overlaps_unfinished_runs_abandoned_successes_and
                 started="2026-01-02T00:00:00.000Z", finished="2026-01-02T00:00:01.000Z"),
         run_doc("r5", status="failed", started="2026-01-03T00:00:00.000Z", finished="2026-01-03T00:00:01.000Z"),
         run_doc("r6", started="2026-01-01T00:00:03.000Z", finished="2026-01-01T00:00:04.000Z"),  # after r2: fine
+        run_doc("r7", source="source_a"),  # marked abandoned while the harness looked, then overwritten
     ]
-    anomalies, other = chaos.ledger_anomalies(runs, [answered])
-    assert len(anomalies) == 4 and not other, anomalies
-    assert "r1" in anomalies[2] and "r2" in anomalies[2] and "overlapped" in anomalies[2]
-    assert "left 'running'" in anomalies[0] and "marked abandoned" in anomalies[1]
-    assert "answered 'partial', the ledger says 'failed'" in anomalies[3]
+    anomalies, other = chaos.ledger_anomalies(runs, [answered], frozenset({"r7"}))
+    assert len(anomalies) == 5 and not other, anomalies
+    assert "left 'running'" in anomalies[0] and "r4 is succeeded and is marked abandoned" in anomalies[1]
+    assert "r7 is succeeded and was marked abandoned" in anomalies[2]
+    assert "r1" in anomalies[3] and "r2" in anomalies[3] and "overlapped" in anomalies[3]
+    assert "answered 'partial', the ledger says 'failed'" in anomalies[4]
+    assert chaos.ledger_anomalies([run_doc("r1"), run_doc("r6", started="2026-01-01T00:00:03.000Z")], []) == ([], [])
 
 
 @pytest.fixture
@@ -66,8 +69,8 @@ def store(tmp_path):
                 price_usd REAL, ingested_at TEXT, run_id TEXT, PRIMARY KEY (source, source_id, observed_at));
             CREATE TABLE quarantine (id TEXT PRIMARY KEY, row_number INTEGER, raw TEXT, reason TEXT);
             CREATE TABLE raw_batches (batch_id TEXT PRIMARY KEY, source TEXT, status TEXT);
-            INSERT INTO normalized VALUES ('b', 'BTC', 'd1', 'k1', 1.0, 'i', 'r'), ('b', 'BTC', 'd2', 'k2', 2.0, 'i', 'r'),
-                                          ('b', 'ETH', 'd1', 'k3', 3.0, 'i', 'r');
+            INSERT INTO normalized VALUES ('b', 'BTC', 'd1', 'k1', 1.0, 'i', 'r'),
+                ('b', 'BTC', 'd2', 'k2', 2.0, 'i', 'r'), ('b', 'ETH', 'd1', 'k3', 3.0, 'i', 'r');
             INSERT INTO quarantine VALUES ('q1', 7, 'x,y', 'bad close');
             INSERT INTO raw_batches VALUES ('b1', 'source_b', 'done');
         """)
