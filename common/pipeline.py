@@ -24,7 +24,7 @@ def run_extract(source: str, wiring: Wiring, progress: Progress | None = None) -
 
     def work(run: Run, keeper: LeaseKeeper) -> str:
         if spec.kind == "csv":
-            return extract_csv(spec, keeper.store, settings, run, keeper, deadline, progress)
+            return extract_csv(spec, keeper.store, settings, run, keeper, deadline, progress, sleep=wiring.sleep)
         with requests.Session() as session:
             return extract_http(spec, keeper.store, run, keeper, deadline,
                                 http_fetcher(spec, wiring, deadline, session),

@@ -292,13 +292,14 @@ class MongoStore(Store):
                     ]},
                     "payload": "$_new",
                     "source": {"$ifNull": ["$source", {"$literal": batch.source}]},
-                    "seq": {"$ifNull": ["$seq", seq]},
                     "created_at": {"$ifNull": ["$created_at", iso_utc(self.clock())]},
                     **literal,
                 }},
                 {"$set": {
                     "version": {"$cond": ["$_changed", {"$add": [{"$ifNull": ["$version", 0]}, 1]}, "$version"]},
                     "status": {"$cond": ["$_changed", "pending", "$status"]},
+                    # a rewritten batch goes to the back of the queue: after any older pending copy of its rows
+                    "seq": {"$cond": ["$_changed", seq, "$seq"]},
                 }},
                 {"$unset": ["_new", "_changed"]},
             ],

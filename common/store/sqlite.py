@@ -275,6 +275,8 @@ class SqliteStore(Store):
                 "ON CONFLICT (batch_id) DO UPDATE SET "
                 f"version = raw_batches.version + NOT ({_SAME_BATCH}), "
                 f"status = CASE WHEN {_SAME_BATCH} THEN raw_batches.status ELSE 'pending' END, "
+                # a rewritten batch goes to the back of the queue: after any older pending copy of the same rows
+                f"seq = CASE WHEN {_SAME_BATCH} THEN raw_batches.seq ELSE excluded.seq END, "
                 "run_id = excluded.run_id, format = excluded.format, payload = excluded.payload, "
                 "row_count = excluded.row_count, first_row = excluded.first_row, header = excluded.header, "
                 "rejects = excluded.rejects, position = excluded.position",

@@ -255,6 +255,14 @@ class StoreContract(ABC):
         assert store.acquire_lease("extract:b", "o2", ttl_s=10, now=0)
         assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=1) is None
 
+    def test_a_rewritten_batch_goes_behind_the_ones_written_since(self, store):
+        store.put_raw_batch(batch("b:0"))
+        store.put_raw_batch(batch("b:1"))
+        store.put_raw_batch(batch("b:0"))  # unchanged: keeps its place
+        assert [b.batch_id for b in store.pending_raw_batches(10)] == ["b:0", "b:1"]
+        store.put_raw_batch(batch("b:0", payload="corrected"))
+        assert [b.batch_id for b in store.pending_raw_batches(10)] == ["b:1", "b:0"]
+
     # --- fencing: a writer that lost its lease changes nothing durable ------------------------------------------
     @pytest.fixture
     def stale_and_current(self, store):
@@ -452,7 +460,7 @@ class StoreContract(ABC):
         for batch_id in ("b:2", "a:9", "c:1", "a:1"):
             store.put_raw_batch(batch(batch_id=batch_id, source=batch_id[0]))
             clock.advance(1)
-        store.put_raw_batch(batch(batch_id="b:2", source="b", payload="changed"))  # an overwrite keeps its place
+        store.put_raw_batch(batch(batch_id="b:2", source="b"))  # the same content again keeps its place
         assert [b.batch_id for b in store.pending_raw_batches(10)] == ["b:2", "a:9", "c:1", "a:1"]
 
     def test_pending_batches_filter_by_source_and_limit(self, store):
