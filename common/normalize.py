@@ -70,11 +70,28 @@ def timestamp(value: object, label: str, formats: ValueFormats, *, final: bool =
         raise BadRow(f"unparsable timestamp in {label}: {exc}") from None
 
 
+def entry_id(batch_id: str, row_number: int | None) -> str:
+    """A quarantine entry's id: one per row of a batch (row None: the whole batch), so a replayed batch re-quarantines
+    in place and a corrected row can resolve the entry it left."""
+    return short_hash(batch_id, str(row_number), length=32)
+
+
+def superseded_entries(batch: RawBatch, result: "Normalized") -> list[str]:
+    """Entries an earlier version of this batch may have left for rows that now load (or are blank): only a
+    rewritten or requeued batch (version > 1) can have any."""
+    if batch.version <= 1:
+        return []
+    still = {entry["row_number"] for entry in result.quarantine}
+    rows = [None] if result.error is None else []
+    rows += [row for row in range(batch.first_row, batch.first_row + batch.row_count) if row not in still]
+    return [entry_id(batch.batch_id, row) for row in rows]
+
+
 def quarantine_entry(batch: RawBatch, run_id: str, row_number: int | None, raw: str | None, reason: str) -> dict:
     if raw is not None and len(raw) > MAX_RAW_CHARS:
         raw = raw[:MAX_RAW_CHARS] + "...[truncated]"
     return {
-        "id": short_hash(batch.batch_id, str(row_number), length=32),
+        "id": entry_id(batch.batch_id, row_number),
         "source": batch.source, "run_id": run_id, "batch_id": batch.batch_id,
         "row_number": row_number, "raw": raw, "reason": reason,
     }

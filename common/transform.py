@@ -8,7 +8,9 @@ from common.clock import Clock, Deadline, iso_utc
 from common.config import Settings
 from common.drift.mapping import FieldMapper
 from common.errors import EtlError
-from common.normalize import Normalized, normalize_csv_batch, normalize_json_batch, quarantine_entry
+from common.normalize import (
+    Normalized, normalize_csv_batch, normalize_json_batch, quarantine_entry, superseded_entries,
+)
 from common.runs import LeaseKeeper
 from common.sources import source_spec
 from common.store import RawBatch, Run, Store
@@ -109,7 +111,9 @@ def _check_quarantine_ratio(run: Run, max_ratio: float) -> None:
 
 
 def _commit(batch: RawBatch, result: Normalized, store: Store, run: Run) -> None:
-    store.commit_transformed(batch, result.records, result.quarantine, result.assets.values())
+    superseded = superseded_entries(batch, result)
+    store.commit_transformed(batch, result.records, result.quarantine, result.assets.values(),
+                             resolves=superseded, resolved_by=run.run_id)
     if result.error:
         run.summary["errors"].append(f"batch {batch.batch_id}: {result.error}")
     run.rows_in += batch.row_count

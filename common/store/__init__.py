@@ -181,10 +181,13 @@ class Store(ABC):
         quarantine: Sequence[dict],
         assets: Iterable[dict],
         fence: Fence | None = None,
+        resolves: Sequence[str] = (),
+        resolved_by: str | None = None,
     ) -> None:
         """Upsert records (tuples in NORMALIZED_FIELDS order) and assets, add quarantine entries, then mark
         the batch done if its version is unchanged (no batch: a quarantine replay). Idempotent: replaying a batch
-        changes nothing."""
+        changes nothing. `resolves`: quarantine entries this commit supersedes (rows of an earlier version of the
+        batch that now load), marked resolved by `resolved_by` in the same write."""
 
     # --- reads ------------------------------------------------------------------------------------------
     @abstractmethod

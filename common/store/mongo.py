@@ -334,7 +334,7 @@ class MongoStore(Store):
     @_translated
     def commit_transformed(
         self, batch: RawBatch | None, records: Sequence[tuple], quarantine: Sequence[dict], assets: Iterable[dict],
-        fence: Fence | None = None,
+        fence: Fence | None = None, resolves: Sequence[str] = (), resolved_by: str | None = None,
     ) -> None:
         now = iso_utc(self.clock())
         newer = _not_newer_than(fence) if fence else {}
@@ -383,6 +383,9 @@ class MongoStore(Store):
                         if fence is None or collection != "normalized":
                             raise
                         self._superseded(db, fence, exc)
+            if resolves:
+                db.quarantine.update_many({"_id": {"$in": list(resolves)}, "resolved_at": None},
+                                          {"$set": {"resolved_at": now, "resolved_by": resolved_by}}, session=session)
             if batch is not None:
                 db.raw_batches.update_one({"_id": batch.batch_id, "version": batch.version},
                                           {"$set": {"status": "done"}}, session=session)

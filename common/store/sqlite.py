@@ -315,7 +315,7 @@ class SqliteStore(Store):
     # --- transform output ---------------------------------------------------------------------------------------
     def commit_transformed(
         self, batch: RawBatch | None, records: Sequence[tuple], quarantine: Sequence[dict], assets: Iterable[dict],
-        fence: Fence | None = None,
+        fence: Fence | None = None, resolves: Sequence[str] = (), resolved_by: str | None = None,
     ) -> None:
         now = iso_utc(self.clock())
         assets = list(assets)
@@ -338,6 +338,10 @@ class SqliteStore(Store):
                      q["reason"], now)
                     for q in quarantine
                 ],
+            )
+            conn.executemany(
+                "UPDATE quarantine SET resolved_at = ?, resolved_by = ? WHERE id = ? AND resolved_at IS NULL",
+                [(now, resolved_by, entry_id) for entry_id in resolves],
             )
             if batch is not None:
                 conn.execute(
@@ -396,11 +400,10 @@ class SqliteStore(Store):
     def resolve_quarantine(self, ids: Sequence[str], run_id: str, fence: Fence | None = None) -> int:
         now = iso_utc(self.clock())
         with self._write(fence) as conn:
-            return sum(
-                conn.execute("UPDATE quarantine SET resolved_at = ?, resolved_by = ? WHERE id = ? AND resolved_at IS NULL",
-                             (now, run_id, entry_id)).rowcount
-                for entry_id in ids
-            )
+            before = conn.total_changes
+            conn.executemany("UPDATE quarantine SET resolved_at = ?, resolved_by = ? WHERE id = ? AND resolved_at IS NULL",
+                             [(now, run_id, entry_id) for entry_id in ids])
+            return conn.total_changes - before
 
     # --- run ledger ------------------------------------------------------------------------------------------------
     def save_run(self, run: Run, fence: Fence | None = None) -> bool:

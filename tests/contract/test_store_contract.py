@@ -255,6 +255,15 @@ class StoreContract(ABC):
         assert store.acquire_lease("extract:b", "o2", ttl_s=10, now=0)
         assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=1) is None
 
+    def test_a_commit_resolves_the_entries_it_supersedes_in_the_same_write(self, store):
+        self.commit_pending(store, quarantine=[quarantined("q1"), quarantined("q2", row_number=2)])
+        store.put_raw_batch(batch("b:0"))
+        pending = store.pending_raw_batches(1)[0]
+        store.commit_transformed(pending, [record()], [], [], resolves=["q1", "unknown"], resolved_by="r9")
+        entries = {e["id"]: e for e in store.list_quarantine()}
+        assert (entries["q1"]["resolved_by"], entries["q2"]["resolved_by"]) == ("r9", None)
+        assert store.resolve_quarantine(["q1", "q2", "nope"], "r10") == 1
+
     def test_a_rewritten_batch_goes_behind_the_ones_written_since(self, store):
         store.put_raw_batch(batch("b:0"))
         store.put_raw_batch(batch("b:1"))
