@@ -9,15 +9,18 @@ it off.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from common.clock import Clock, system_clock
 from common.config import Settings
 from common.normalize import Normalized
 from common.store import RawBatch
 
+log = logging.getLogger(__name__)
 PREFETCH_AFTER_S = 0.1
 _worker: dict = {}
 
@@ -46,6 +49,7 @@ class Normalizer:
         self.ahead: tuple[tuple[str, int], Future] | None = None
         self.worth_it = False
         self.spent_s = 0.0  # normalizing in this process so far
+        self.broken = False  # a worker died in this run: no new one
 
     def __enter__(self) -> "Normalizer":
         return self
@@ -59,9 +63,16 @@ class Normalizer:
             key, future = self.ahead
             self.ahead = None
             if key == (batch.batch_id, batch.version):  # still the batch we prefetched (not rewritten since)
-                result, decisions = future.result()
-                self.mappers.merge(decisions)
-                return result
+                try:
+                    result, decisions = future.result()
+                except BrokenProcessPool:  # the worker died (killed, out of memory): do the batch here instead
+                    log.warning("normalize worker died; normalizing batch %s in-process and going on without it",
+                                batch.batch_id)
+                    self.pool.shutdown(wait=False, cancel_futures=True)
+                    self.pool, self.broken = None, True
+                else:
+                    self.mappers.merge(decisions)
+                    return result
         from common.transform import normalize_batch
 
         started = time.perf_counter()
@@ -71,7 +82,7 @@ class Normalizer:
         return result
 
     def prefetch(self, batch: RawBatch, ingested_at: str) -> None:
-        if not (self.worth_it or self.pool) or self.settings.transform_workers < 1:
+        if not (self.worth_it or self.pool) or self.settings.transform_workers < 1 or self.broken:
             return
         if self.pool is None:
             self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))

@@ -34,3 +34,38 @@ def test_the_worker_starts_once_normalizing_has_cost_enough_in_total(monkeypatch
         normalizer.result(batch(2), "now")
         normalizer.prefetch(batch(3), "now")
         assert normalizer.pool is not None and normalizer.pool.submitted == ["b3"]  # 0.12 s in total
+
+
+def test_a_killed_worker_costs_nothing_but_time(tmp_path):
+    """SIGKILL the normalize worker while it holds the next batch: that batch is normalized in-process, the run
+    goes on without a worker, and the result is the same as without one."""
+    import os
+    import signal
+
+    import psutil
+
+    from common.transform import Mappers
+    from common.wiring import build_store
+    from tests.conftest import FakeClock, csv_lines
+
+    settings = Settings(sqlite_path=str(tmp_path / "w.sqlite3"), transform_workers=1)
+    store = build_store(settings)
+    header = ["SNo", "Name", "Symbol", "Date", "High", "Low", "Open", "Close", "Volume", "Marketcap"]
+    batch = RawBatch("source_b:f:0", "source_b", "r", "csv_lines", "".join(l + "\n" for l in csv_lines(2, 20)), 40,
+                     header=header)
+    clock = FakeClock()
+    with parallel.Normalizer(settings, Mappers(store, settings, "r", clock), "r", clock) as normalizer:
+        expected = normalizer.result(batch, "now")
+        normalizer.worth_it = True
+        normalizer.prefetch(batch, "now")
+        normalizer.ahead[1].result(timeout=60)  # the worker is up and has done it once: now kill it mid-run
+        normalizer.prefetch(batch, "now")
+        [worker] = normalizer.pool._processes  # the pool's one worker process (pid)
+        assert psutil.pid_exists(worker)
+        os.kill(worker, signal.SIGKILL)
+        again = normalizer.result(batch, "now")
+        assert normalizer.pool is None and normalizer.broken
+        normalizer.prefetch(batch, "now")
+        assert normalizer.ahead is None  # no new worker for the rest of the run
+    assert again.records == expected.records and again.quarantine == expected.quarantine
+    store.close()
