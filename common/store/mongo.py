@@ -279,31 +279,32 @@ class MongoStore(Store):
 
     def _put_batch(self, db, session, batch: RawBatch, seq: int, literal: dict, fence: Fence | None) -> None:
         # One pipeline update: compare the stored content server-side (payload sent once, as `_new`), bump the
-        # version and reset the status only when payload, format, header or rejects changed; `seq` and `created_at` are set on first insert only.
+        # version and reset the status only when payload, format, header or rejects changed; `created_at` is set on
+        # first insert only.
         try:
             db.raw_batches.update_one(
-            {"_id": batch.batch_id, **(_not_newer_than(fence) if fence else {})},
-            [
-                {"$set": {"_new": {"$literal": batch.payload}}},
-                {"$set": {
-                    "_changed": {"$or": [
-                        {"$ne": ["$payload", "$_new"]},
-                        *({"$ne": [f"${name}", literal[name]]} for name in ("format", "header", "rejects")),
-                    ]},
-                    "payload": "$_new",
-                    "source": {"$ifNull": ["$source", {"$literal": batch.source}]},
-                    "created_at": {"$ifNull": ["$created_at", iso_utc(self.clock())]},
-                    **literal,
-                }},
-                {"$set": {
-                    "version": {"$cond": ["$_changed", {"$add": [{"$ifNull": ["$version", 0]}, 1]}, "$version"]},
-                    "status": {"$cond": ["$_changed", "pending", "$status"]},
-                    # a rewritten batch goes to the back of the queue: after any older pending copy of its rows
-                    "seq": {"$cond": ["$_changed", seq, "$seq"]},
-                }},
-                {"$unset": ["_new", "_changed"]},
-            ],
-            upsert=True, session=session,
+                {"_id": batch.batch_id, **(_not_newer_than(fence) if fence else {})},
+                [
+                    {"$set": {"_new": {"$literal": batch.payload}}},
+                    {"$set": {
+                        "_changed": {"$or": [
+                            {"$ne": ["$payload", "$_new"]},
+                            *({"$ne": [f"${name}", literal[name]]} for name in ("format", "header", "rejects")),
+                        ]},
+                        "payload": "$_new",
+                        "source": {"$ifNull": ["$source", {"$literal": batch.source}]},
+                        "created_at": {"$ifNull": ["$created_at", iso_utc(self.clock())]},
+                        **literal,
+                    }},
+                    {"$set": {
+                        "version": {"$cond": ["$_changed", {"$add": [{"$ifNull": ["$version", 0]}, 1]}, "$version"]},
+                        "status": {"$cond": ["$_changed", "pending", "$status"]},
+                        # a rewritten batch goes to the back of the queue: after any older pending copy of its rows
+                        "seq": {"$cond": ["$_changed", seq, "$seq"]},
+                    }},
+                    {"$unset": ["_new", "_changed"]},
+                ],
+                upsert=True, session=session,
             )
         except DuplicateKeyError as exc:
             self._superseded(db, fence, exc)
