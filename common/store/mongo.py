@@ -12,12 +12,11 @@ import functools
 import json
 import os
 import threading
+import re
 from typing import Iterable, Sequence
 
-import re
-
 from bson.errors import BSONError
-from pymongo import ASCENDING, DESCENDING, DeleteOne, MongoClient, ReturnDocument, UpdateOne, uri_parser
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOne, uri_parser
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from common.clock import iso_utc, system_clock
@@ -25,28 +24,14 @@ from common.errors import ConfigError, LeaseLost, StoreError
 from common.store import (
     FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, DataQuery, Fence, Page, RawBatch, Run, Store,
 )
-from common.store.migrations import CSV_SOURCES, canonical_observed_at, migrated_source_id, record_key
+from common.store.mongo_schema import KEY_FIELDS as _KEY_FIELDS
+from common.store.mongo_schema import VALUE_FIELDS as _VALUE_FIELDS
+from common.store.mongo_schema import ensure_indexes, migrate
 
 DEFAULT_DB_NAME = "etl_db"
-_KEY_FIELDS = ("source", "source_id", "observed_at")
 _REAL_FIELDS = frozenset({"price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd"})
-_VALUE_FIELDS = tuple(
-    f for f in NORMALIZED_FIELDS if f not in FIRST_SEEN_FIELDS and f not in _KEY_FIELDS and f != "idempotency_key"
-)
 _QUARANTINE_FIELDS = ("id", "source", "run_id", "batch_id", "row_number", "raw", "reason", "created_at",
                       "resolved_at", "resolved_by")
-_INDEXES = (  # (collection, keys, unique); created idempotently on first use
-    ("normalized", ("source", "source_id", "observed_at"), True),
-    ("normalized", ("symbol", "observed_at"), False),
-    ("normalized", ("observed_at",), False),
-    ("raw_batches", ("status", "seq"), False),
-    ("raw_batches", ("source", "status", "seq"), False),
-    ("quarantine", ("source", "created_at"), False),
-    ("runs", ("stage", "started_at"), False),
-    ("runs", ("started_at",), False),
-    ("runs", ("status", "stage", "source"), False),
-)
-MIGRATION_BATCH = 1000
 _CREDENTIALS = re.compile(r"//[^/@\s]*@")
 
 
@@ -114,9 +99,8 @@ class MongoStore(Store):
                 client = self._client
                 db = client.get_database(self.db_name) if self.db_name else client.get_default_database(DEFAULT_DB_NAME)
                 fresh = not {"normalized", "runs", "leases"} & set(db.list_collection_names())
-                for collection, keys, unique in _INDEXES:
-                    db[collection].create_index([(k, ASCENDING) for k in keys], **({"unique": True} if unique else {}))
-                self.migrated_from = _migrate(db, fresh)
+                ensure_indexes(db)
+                self.migrated_from = migrate(db, fresh)
                 if self._transactions is None:
                     self._transactions = _supports_transactions(db)
                 self._db, self._pid = db, os.getpid()
@@ -127,7 +111,7 @@ class MongoStore(Store):
         db = self._database()
         found, self.migrated_from = self.migrated_from, SCHEMA_VERSION
         if found == SCHEMA_VERSION:
-            found = _migrate(db, fresh=False)
+            found = migrate(db, fresh=False)
         return found, SCHEMA_VERSION
 
     # --- fencing ----------------------------------------------------------------------------------------
@@ -504,50 +488,6 @@ def _supports_transactions(db) -> bool:
     except (PyMongoError, NotImplementedError):
         return False
     return "setName" in hello or hello.get("msg") == "isdbgrid"
-
-
-def _migrate(db, fresh: bool) -> int:
-    """Bring the database up to SCHEMA_VERSION in place; returns the version found. Idempotent step by step, so
-    an upgrade interrupted by a crash (or run by two processes at once) finishes on the next start."""
-    meta = db.meta.find_one({"_id": "schema"})
-    found = meta["version"] if meta else (SCHEMA_VERSION if fresh else 1)
-    if found < 3:  # version 2 (lease epochs) needs no rewrite: a lease without one is taken over as epoch 0
-        _rekey_records(db)
-        # transform the CSV's batches once more: rows two coins with one ticker had collapsed into one come back
-        db.raw_batches.update_many({"status": "done", "source": {"$in": sorted(CSV_SOURCES)}},
-                                   {"$set": {"status": "pending"}, "$inc": {"version": 1}})
-    if found < SCHEMA_VERSION or not meta:
-        db.meta.update_one({"_id": "schema"}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True)
-    return found
-
-
-def _rekey_records(db) -> None:
-    """Version 3: each record under today's natural key and idempotency key (see common.store.migrations).
-    The new document is written before the old one is deleted, so a crash in between leaves both, never neither,
-    and the next start finishes the job."""
-    last = None
-    while True:
-        docs = list(db.normalized.find({"_id": {"$gt": last}} if last is not None else {})
-                    .sort("_id", ASCENDING).limit(MIGRATION_BATCH))
-        if not docs:
-            return
-        ops = []
-        for doc in docs:
-            source_id = migrated_source_id(doc["source"], doc["source_id"], doc["asset_id"])
-            observed_at = canonical_observed_at(doc["observed_at"])
-            key = record_key(doc["source"], source_id, observed_at)
-            if key == doc["_id"] or (source_id, observed_at) == (doc["source_id"], doc["observed_at"]):
-                continue
-            values = {name: doc.get(name) for name in _VALUE_FIELDS}
-            ops.append(UpdateOne(
-                {"source": doc["source"], "source_id": source_id, "observed_at": observed_at},
-                {"$set": values, "$setOnInsert": {"_id": key, **{f: doc[f] for f in FIRST_SEEN_FIELDS}}},
-                upsert=True,
-            ))
-            ops.append(DeleteOne({"_id": doc["_id"]}))
-        if ops:
-            db.normalized.bulk_write(ops, ordered=True)
-        last = docs[-1]["_id"]
 
 
 def _merged_records(records: Sequence[tuple]) -> list[dict]:

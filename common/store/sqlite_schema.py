@@ -1,0 +1,111 @@
+"""The SQLite store's schema and its versioned migrations (SCHEMA_VERSION in `common.store`)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from common.store import SCHEMA_VERSION
+from common.store.migrations import CSV_SOURCES, canonical_observed_at, migrated_source_id, record_key
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS shared_state (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS raw_batches (
+    batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, run_id TEXT NOT NULL, format TEXT NOT NULL,
+    payload TEXT NOT NULL, row_count INTEGER NOT NULL, first_row INTEGER NOT NULL, header TEXT,
+    rejects TEXT NOT NULL, position TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL,
+    created_at TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS raw_batches_seq ON raw_batches (seq);
+CREATE INDEX IF NOT EXISTS raw_batches_pending ON raw_batches (seq) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS normalized (
+    source TEXT NOT NULL, source_id TEXT NOT NULL, observed_at TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL, symbol TEXT NOT NULL, asset_id TEXT NOT NULL, name TEXT,
+    price_usd REAL, open_usd REAL, high_usd REAL, low_usd REAL, market_cap_usd REAL, volume_24h_usd REAL,
+    ingested_at TEXT NOT NULL, run_id TEXT NOT NULL,
+    PRIMARY KEY (source, source_id, observed_at)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS normalized_symbol_time ON normalized (symbol, observed_at);
+CREATE TABLE IF NOT EXISTS assets (
+    asset_id TEXT PRIMARY KEY, symbol TEXT NOT NULL, name TEXT, first_seen_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS asset_sources (
+    asset_id TEXT NOT NULL, source TEXT NOT NULL, PRIMARY KEY (asset_id, source)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, run_id TEXT NOT NULL, batch_id TEXT, row_number INTEGER,
+    raw TEXT, reason TEXT NOT NULL, created_at TEXT NOT NULL, resolved_at TEXT, resolved_by TEXT);
+CREATE INDEX IF NOT EXISTS quarantine_source ON quarantine (source, created_at);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, stage TEXT NOT NULL, source TEXT, status TEXT NOT NULL, started_at TEXT NOT NULL,
+    finished_at TEXT, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS runs_stage_started ON runs (stage, started_at);
+CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
+"""
+
+_NORMALIZED_TABLE = """
+CREATE TABLE {name} (
+    source TEXT NOT NULL, source_id TEXT NOT NULL, observed_at TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL, symbol TEXT NOT NULL, asset_id TEXT NOT NULL, name TEXT,
+    price_usd REAL, open_usd REAL, high_usd REAL, low_usd REAL, market_cap_usd REAL, volume_24h_usd REAL,
+    ingested_at TEXT NOT NULL, run_id TEXT NOT NULL,
+    PRIMARY KEY (source, source_id, observed_at)) WITHOUT ROWID
+"""
+MIGRATIONS = {  # version -> statements that bring version - 1 up to it, in one transaction
+    2: ("ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX IF NOT EXISTS runs_running ON runs (stage, source) WHERE status = 'running'"),
+    3: (_NORMALIZED_TABLE.format(name="normalized_v3"),
+        "INSERT INTO normalized_v3 SELECT source, sid, ts, etl_record_key(source, sid, ts), symbol, asset_id, name, "
+        "price_usd, open_usd, high_usd, low_usd, market_cap_usd, volume_24h_usd, ingested_at, run_id FROM ("
+        "SELECT *, etl_source_id(source, source_id, asset_id) AS sid, etl_observed_at(observed_at) AS ts "
+        "FROM normalized ORDER BY ingested_at, run_id) WHERE true "
+        "ON CONFLICT (source, source_id, observed_at) DO UPDATE SET price_usd = excluded.price_usd, "
+        "open_usd = excluded.open_usd, high_usd = excluded.high_usd, low_usd = excluded.low_usd, "
+        "market_cap_usd = excluded.market_cap_usd, volume_24h_usd = excluded.volume_24h_usd",
+        "DROP TABLE normalized",
+        "ALTER TABLE normalized_v3 RENAME TO normalized",
+        "CREATE INDEX IF NOT EXISTS normalized_symbol_time ON normalized (symbol, observed_at)",
+        # transform the CSV's batches once more: rows two coins with one ticker had collapsed into one come back
+        "UPDATE raw_batches SET status = 'pending', version = version + 1 "
+        "WHERE status = 'done' AND source IN (SELECT value FROM json_each(etl_csv_sources()))"),
+}
+
+
+def _register_functions(conn: sqlite3.Connection) -> None:
+    """The record rewrite rules of `common.store.migrations`, callable from the migrations' SQL."""
+    conn.create_function("etl_observed_at", 1, canonical_observed_at, deterministic=True)
+    conn.create_function("etl_source_id", 3, migrated_source_id, deterministic=True)
+    conn.create_function("etl_record_key", 3, record_key, deterministic=True)
+    conn.create_function("etl_csv_sources", 0, lambda: json.dumps(sorted(CSV_SOURCES)), deterministic=True)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Create the schema or bring an older one up to SCHEMA_VERSION, one version per transaction; returns the
+    version found. Concurrent openers serialize on the write lock and re-check the version inside it."""
+    _register_functions(conn)
+    found = None
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'leases'").fetchone()
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                conn.execute(statement)
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else (SCHEMA_VERSION if fresh else 1)
+            if fresh:
+                conn.execute("ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+                for statement in MIGRATIONS[2][1:]:
+                    conn.execute(statement)
+            found = version if found is None else found
+            if version >= SCHEMA_VERSION:
+                conn.execute("INSERT OR REPLACE INTO schema_version (id, version) VALUES (1, ?)", (version,))
+                conn.execute("COMMIT")
+                return found
+            for statement in MIGRATIONS[version + 1]:
+                conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO schema_version (id, version) VALUES (1, ?)", (version + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
