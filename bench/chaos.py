@@ -226,6 +226,22 @@ def write_locked(path: Path) -> bool:
         conn.close()
 
 
+def stopped(pid: int, within_s: float = 2.0) -> bool:
+    """Wait until every thread of `pid` is really stopped: SIGSTOP is delivered asynchronously, and until it has
+    landed on all of them (the lease heartbeat is a thread too) the process may still take the write lock."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            states = [Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                      for tid in os.listdir(f"/proc/{pid}/task")]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        if states and all(state in ("T", "t") for state in states):
+            return True
+        time.sleep(0.0005)
+    return False
+
+
 def hold_write_lock(path: Path, seconds: float, times: dict) -> None:
     """The stalled store: BEGIN IMMEDIATE, sleep, COMMIT (from this harness process, on its own connection)."""
     conn = sqlite3.connect(path, timeout=60, isolation_level=None)
@@ -313,6 +329,9 @@ class Fault:
         single write lock), which is the stall fault, not this one: resume it a moment and stop it again."""
         for attempt in range(200):
             inv.proc.send_signal(signal.SIGSTOP)
+            if not stopped(inv.proc.pid):  # the signal is asynchronous: until it lands, the process may still
+                trial.outcome.other.append("SIGSTOP did not take effect within 2 s")  # take the write lock
+                return
             if not write_locked(trial.db.path):
                 if attempt:
                     trial.outcome.notes.append(f"stop landed inside a write transaction {attempt}x; re-stopped")
