@@ -45,6 +45,26 @@ class Settings:
     max_server_wait_s: float = 3600.0
     source_pass_interval_s: float = 3600.0
     quarantine_max_ratio: float = 0.5
+    # --- one pass (orchestrator) and the trigger ---
+    etl_schedule: str = "0 * * * *"  # cron (5 fields, UTC) or an interval such as 30s, 15m, 1h
+    pass_budget_s: float = 3000.0
+    extract_source_a_url: str = ""  # stage function URLs for the HTTP invoker (the trigger, split deployments)
+    extract_source_b_url: str = ""
+    extract_source_c_url: str = ""
+    transform_load_url: str = ""
+    # --- alerts ---
+    alert_email_user: str | None = field(default=None, repr=False)
+    alert_email_pass: str | None = field(default=None, repr=False)
+    alert_email_to: str = ""  # comma-separated
+    alert_email_from: str = ""
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"  # starttls | tls | none
+    alert_webhook_url: str | None = field(default=None, repr=False)  # a webhook URL is a credential
+    alert_after_failures: int = 1
+    alert_repeat_s: float = 4 * 3600.0
+    alert_quarantine_ratio: float = 0.1
+    alert_timeout_s: float = 10.0
 
     def aliases_for(self, source: str) -> dict[str, list[str]]:
         from common.drift.mapping import parse_field_aliases
@@ -93,6 +113,24 @@ class Settings:
             max_server_wait_s=reader.number("MAX_SERVER_WAIT_S", 3600.0, float, minimum=0.0),
             source_pass_interval_s=reader.number("SOURCE_PASS_INTERVAL_S", 3600.0, float, minimum=1.0),
             quarantine_max_ratio=reader.number("QUARANTINE_MAX_RATIO", 0.5, float, minimum=0.0),
+            etl_schedule=reader.text("ETL_SCHEDULE") or "0 * * * *",
+            pass_budget_s=reader.number("PASS_BUDGET_S", 3000.0, float, minimum=1),
+            extract_source_a_url=reader.optional_url("EXTRACT_SOURCE_A_URL"),
+            extract_source_b_url=reader.optional_url("EXTRACT_SOURCE_B_URL"),
+            extract_source_c_url=reader.optional_url("EXTRACT_SOURCE_C_URL"),
+            transform_load_url=reader.optional_url("TRANSFORM_LOAD_URL"),
+            alert_email_user=reader.text("ALERT_EMAIL_USER") or None,
+            alert_email_pass=reader.text("ALERT_EMAIL_PASS") or None,
+            alert_email_to=reader.text("ALERT_EMAIL_TO"),
+            alert_email_from=reader.text("ALERT_EMAIL_FROM"),
+            smtp_host=reader.text("SMTP_HOST"),
+            smtp_port=reader.number("SMTP_PORT", 587, int, minimum=1),
+            smtp_security=(reader.text("SMTP_SECURITY") or "starttls").lower(),
+            alert_webhook_url=reader.optional_url("ALERT_WEBHOOK_URL") or None,
+            alert_after_failures=reader.number("ALERT_AFTER_FAILURES", 1, int, minimum=1),
+            alert_repeat_s=reader.number("ALERT_REPEAT_S", 4 * 3600.0, float, minimum=1),
+            alert_quarantine_ratio=reader.number("ALERT_QUARANTINE_RATIO", 0.1, float, minimum=0.0),
+            alert_timeout_s=reader.number("ALERT_TIMEOUT_S", 10.0, float, minimum=0.1),
         )
         if settings.source_c_per_page > 250:
             raise ConfigError(f"SOURCE_C_PER_PAGE must be between 1 and 250, got {settings.source_c_per_page}")
@@ -100,6 +138,10 @@ class Settings:
             raise ConfigError(f"DRIFT_THRESHOLD must be between 0 and 1, got {settings.drift_threshold}")
         if settings.quarantine_max_ratio > 1:
             raise ConfigError(f"QUARANTINE_MAX_RATIO must be between 0 and 1, got {settings.quarantine_max_ratio}")
+        if settings.smtp_security not in ("starttls", "tls", "none"):
+            raise ConfigError(f"SMTP_SECURITY must be starttls, tls or none, got {settings.smtp_security!r}")
+        if settings.smtp_port > 65535:
+            raise ConfigError(f"SMTP_PORT must be between 1 and 65535, got {settings.smtp_port}")
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
         return settings
@@ -116,6 +158,12 @@ class _EnvReader:
         value = self.text(name) or default
         if not value.startswith(("http://", "https://")):
             raise ConfigError(f"{name} must be an http(s) URL, got {value[:80]!r}")
+        return value
+
+    def optional_url(self, name: str) -> str:
+        value = self.text(name)
+        if value and not value.startswith(("http://", "https://")):
+            raise ConfigError(f"{name} must be an http(s) URL")  # the value may hold a token: not echoed
         return value
 
     def aliases(self, name: str) -> str:
