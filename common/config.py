@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -39,8 +41,8 @@ class Settings:
     http_max_attempts: int = 5
     transform_workers: int = 1
     drift_threshold: float = 0.8
-    field_aliases: str = ""  # JSON, see common.drift.mapping.parse_field_aliases
-    field_formats: str = ""  # JSON, see common.drift.formats.parse_field_formats
+    field_aliases: str = ""  # JSON, see parse_field_aliases
+    field_formats: str = ""  # JSON, see parse_field_formats
     csv_settle_s: float = 2.0
     max_server_wait_s: float = 3600.0
     source_pass_interval_s: float = 3600.0
@@ -67,13 +69,9 @@ class Settings:
     alert_timeout_s: float = 10.0
 
     def aliases_for(self, source: str) -> dict[str, list[str]]:
-        from common.drift.mapping import parse_field_aliases
-
         return parse_field_aliases(self.field_aliases).get(source, {})
 
     def formats_for(self, source: str) -> dict[str, str]:
-        from common.drift.formats import parse_field_formats
-
         return parse_field_formats(self.field_formats).get(source, {})
 
     @property
@@ -167,22 +165,16 @@ class _EnvReader:
         return value
 
     def aliases(self, name: str) -> str:
-        from common.drift.mapping import parse_field_aliases
-
         value = self.text(name)
         parse_field_aliases(value)  # validated at start-up
         return value
 
     def formats(self, name: str) -> str:
-        from common.drift.formats import parse_field_formats
-
         value = self.text(name)
         parse_field_formats(value)  # validated at start-up
         return value
 
     def rate(self, name: str, default: str) -> str:
-        from common.sources.ratelimit import parse_rate
-
         value = self.text(name) or default
         parse_rate(value, name)  # validated at start-up; parsed again where it is used
         return value
@@ -198,3 +190,64 @@ class _EnvReader:
         if value < minimum:
             raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
         return value
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
+_UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+@dataclass(frozen=True)
+class RateSpec:
+    limit: int
+    interval_ms: int
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.interval_ms / 1000:g}s"
+
+
+def parse_rate(text: str, setting: str = "rate") -> RateSpec:
+    """`N/<duration>` such as `10/1m`, `3/1m`, `5/2s`, `100/1h`; anything else is a ConfigError."""
+    match = _RATE.match(text or "")
+    if not match or int(match.group(1)) < 1 or match.group(2) == "0":
+        raise ConfigError(f"{setting} must look like 10/1m, 3/1m or 5/2s (N/<count><s|m|h>), got {text!r}")
+    return RateSpec(int(match.group(1)), _UNITS_MS[match.group(3)] * int(match.group(2) or 1))
+
+
+def parse_field_aliases(text: str) -> dict[str, dict[str, list[str]]]:
+    """`FIELD_ALIASES` JSON: {"source_b": {"price_usd": ["Closing Price"]}} (validated at start-up)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"FIELD_ALIASES must be JSON such as {{\"source_b\": {{\"price_usd\": [\"Closing\"]}}}}: {exc}"
+                          ) from None
+    if not isinstance(value, dict) or not all(
+        isinstance(fields, dict) and all(isinstance(names, list) and all(isinstance(n, str) for n in names)
+                                         for names in fields.values())
+        for fields in value.values()
+    ):
+        raise ConfigError("FIELD_ALIASES must map source -> canonical field -> list of names")
+    return value
+
+
+def parse_field_formats(text: str) -> dict[str, dict[str, str]]:
+    """`FIELD_FORMATS` JSON: {"source_b": {"observed_at": "%d-%m-%y %H:%M"}} (validated at start-up)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"FIELD_FORMATS must be JSON such as {{\"source_b\": {{\"observed_at\": \"%d-%m-%y %H:%M\"}}}}: "
+                          f"{exc}") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(fields, dict) and all(isinstance(fmt, str) and fmt for fmt in fields.values())
+        for fields in value.values()
+    ):
+        raise ConfigError("FIELD_FORMATS must map source -> canonical field -> format string")
+    for source, fields in value.items():
+        for name, fmt in fields.items():
+            if not (re.search("%[Yy]", fmt) and re.search("%[mbB]", fmt) and "%d" in fmt):
+                raise ConfigError(f"FIELD_FORMATS {source}.{name}: {fmt!r} is not a full date: it needs a year "
+                                  "(%Y or %y), a month (%m, %b or %B) and a day (%d), e.g. \"%d-%m-%y %H:%M\"")
+    return value

@@ -21,7 +21,6 @@ import re
 from datetime import date, datetime
 
 from common.drift.coerce import MAX_YEAR, MIN_YEAR, CoerceError
-from common.errors import ConfigError
 
 ORDERS = {"DMY": ("%d", "%m", "{y}"), "MDY": ("%m", "%d", "{y}"), "YMD": ("{y}", "%m", "%d")}
 """Date orders tried for `A-B-C` values, in this order (day-first is the spreadsheet default outside the US)."""
@@ -38,28 +37,6 @@ class Ambiguous(CoerceError):
 
 class Undecided(Exception):
     """Not an error: the format is not decided yet; hold the row until every value of the batch has been seen."""
-
-
-def parse_field_formats(text: str) -> dict[str, dict[str, str]]:
-    """`FIELD_FORMATS` JSON: {"source_b": {"observed_at": "%d-%m-%y %H:%M"}} (validated at start-up)."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"FIELD_FORMATS must be JSON such as {{\"source_b\": {{\"observed_at\": \"%d-%m-%y %H:%M\"}}}}: "
-                          f"{exc}") from None
-    if not isinstance(value, dict) or not all(
-        isinstance(fields, dict) and all(isinstance(fmt, str) and fmt for fmt in fields.values())
-        for fields in value.values()
-    ):
-        raise ConfigError("FIELD_FORMATS must map source -> canonical field -> format string")
-    for source, fields in value.items():
-        for name, fmt in fields.items():
-            if not (re.search("%[Yy]", fmt) and re.search("%[mbB]", fmt) and "%d" in fmt):
-                raise ConfigError(f"FIELD_FORMATS {source}.{name}: {fmt!r} is not a full date: it needs a year "
-                                  "(%Y or %y), a month (%m, %b or %B) and a day (%d), e.g. \"%d-%m-%y %H:%M\"")
-    return value
 
 
 class DateOrder:

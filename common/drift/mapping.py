@@ -12,31 +12,13 @@ from common.config import Settings
 from common.drift.coerce import CoerceError, parse_with_format, to_timestamp
 from common.drift.formats import DateOrder, Undecided
 from common.drift.matcher import MatchResult, match_fields
-from common.errors import ConfigError, StoreError
+from common.errors import StoreError
 from common.sources import SourceSpec
 from common.store import Store
 
 CAS_ATTEMPTS = 20
 FUTURE_SLACK = timedelta(days=1)
 """A date up to this far past the run's clock is not "in the future" (zones, clock skew)."""
-
-
-def parse_field_aliases(text: str) -> dict[str, dict[str, list[str]]]:
-    """`FIELD_ALIASES` JSON: {"source_b": {"price_usd": ["Closing Price"]}} (validated at start-up)."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"FIELD_ALIASES must be JSON such as {{\"source_b\": {{\"price_usd\": [\"Closing\"]}}}}: {exc}"
-                          ) from None
-    if not isinstance(value, dict) or not all(
-        isinstance(fields, dict) and all(isinstance(names, list) and all(isinstance(n, str) for n in names)
-                                         for names in fields.values())
-        for fields in value.values()
-    ):
-        raise ConfigError("FIELD_ALIASES must map source -> canonical field -> list of names")
-    return value
 
 
 class FieldMapper:

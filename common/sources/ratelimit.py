@@ -9,41 +9,20 @@ never waits past the invocation deadline.
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from typing import Callable, Optional
 
-from pyrate_limiter import AbstractBucket, Duration, Limiter, Rate, RateItem
+from pyrate_limiter import AbstractBucket, Limiter, Rate, RateItem
 from pyrate_limiter.limiter import SingleBucketFactory
 
 from common.clock import Clock, Deadline
-from common.config import Settings
-from common.errors import ConfigError, StoreError
+from common.config import RateSpec, Settings, parse_rate  # noqa: F401 (re-exported: the rate model)
+from common.errors import StoreError
 from common.store import Store
 
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
-_UNITS = {"s": Duration.SECOND, "m": Duration.MINUTE, "h": Duration.HOUR}
 CAS_ATTEMPTS = 50
 MAX_STALLED_ROUNDS = 6  # consecutive late answers from the store before giving up on a slot
 MIN_FACTOR = 0.1
 RECOVERY_PER_INTERVAL = 0.1  # additive recovery: +10 % of the configured rate per window without a 429
-
-
-@dataclass(frozen=True)
-class RateSpec:
-    limit: int
-    interval_ms: int
-
-    def __str__(self) -> str:
-        return f"{self.limit}/{self.interval_ms / 1000:g}s"
-
-
-def parse_rate(text: str, setting: str = "rate") -> RateSpec:
-    """`N/<duration>` such as `10/1m`, `3/1m`, `5/2s`, `100/1h`; anything else is a ConfigError."""
-    match = _RATE.match(text or "")
-    if not match or int(match.group(1)) < 1 or match.group(2) == "0":
-        raise ConfigError(f"{setting} must look like 10/1m, 3/1m or 5/2s (N/<count><s|m|h>), got {text!r}")
-    return RateSpec(int(match.group(1)), _UNITS[match.group(3)] * int(match.group(2) or 1))
 
 
 class WindowFull(Exception):
