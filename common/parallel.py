@@ -15,6 +15,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from common import batches
 from common.clock import Clock, system_clock
 from common.config import Settings
 from common.normalize import Normalized
@@ -28,15 +29,14 @@ _worker: dict = {}
 def _normalize_in_worker(settings: Settings, batch: RawBatch, run_id: str, ingested_at: str, now: float):
     """Runs in the worker process: its own store connection and mappers for this run, on the run's clock (`now`
     is the invocation's time: date-format inference judges "in the future" by it)."""
-    from common.transform import Mappers, normalize_batch
     from common.wiring import build_store
 
     if _worker.get("run_id") != run_id:
         store = _worker.get("store") or build_store(settings)
         offset = now - system_clock()
         _worker.update(run_id=run_id, store=store,
-                       mappers=Mappers(store, settings, run_id, lambda: system_clock() + offset))
-    result = normalize_batch(batch, _worker["mappers"], run_id, ingested_at)
+                       mappers=batches.Mappers(store, settings, run_id, lambda: system_clock() + offset))
+    result = batches.normalize_batch(batch, _worker["mappers"], run_id, ingested_at)
     return result, _worker["mappers"].decisions()
 
 
@@ -73,10 +73,8 @@ class Normalizer:
                 else:
                     self.mappers.merge(decisions)
                     return result
-        from common.transform import normalize_batch
-
         started = time.perf_counter()
-        result = normalize_batch(batch, self.mappers, self.run_id, ingested_at)
+        result = batches.normalize_batch(batch, self.mappers, self.run_id, ingested_at)
         self.spent_s += time.perf_counter() - started
         self.worth_it = self.spent_s >= PREFETCH_AFTER_S
         return result

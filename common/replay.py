@@ -15,7 +15,7 @@ from common.clock import Clock, Deadline, iso_utc
 from common.config import Settings
 from common.runs import LeaseKeeper
 from common.store import RawBatch, Run, Store
-from common.transform import NORMALIZERS, Mappers
+from common.batches import NORMALIZERS, Mappers
 
 PAGE = 500
 

@@ -25,7 +25,7 @@ def test_the_worker_starts_once_normalizing_has_cost_enough_in_total(monkeypatch
     ticks = iter(x * 0.06 for x in range(100))  # every normalize_batch takes 0.06 s
     monkeypatch.setattr(parallel.time, "perf_counter", lambda: next(ticks))
     monkeypatch.setattr(parallel, "ProcessPoolExecutor", FakePool)
-    monkeypatch.setattr("common.transform.normalize_batch", lambda *args: Normalized())
+    monkeypatch.setattr("common.batches.normalize_batch", lambda *args: Normalized())
     batch = lambda n: RawBatch(f"b{n}", "source_b", "r", "csv_lines", "", 0)  # noqa: E731
     with parallel.Normalizer(Settings(transform_workers=1), mappers=None, run_id="r") as normalizer:
         normalizer.result(batch(1), "now")
@@ -44,7 +44,7 @@ def test_a_killed_worker_costs_nothing_but_time(tmp_path):
 
     import psutil
 
-    from common.transform import Mappers
+    from common.batches import Mappers
     from common.wiring import build_store
     from tests.conftest import FakeClock, csv_lines
 
