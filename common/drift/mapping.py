@@ -12,11 +12,10 @@ from common.config import Settings
 from common.drift.coerce import CoerceError, parse_with_format, to_timestamp
 from common.drift.formats import DateOrder, Undecided
 from common.drift.matcher import MatchResult, match_fields
-from common.errors import StoreError
 from common.sources import SourceSpec
 from common.store import Store
+from common.store.state import update_state
 
-CAS_ATTEMPTS = 20
 FUTURE_SLACK = timedelta(days=1)
 """A date up to this far past the run's clock is not "in the future" (zones, clock skew)."""
 
@@ -108,14 +107,13 @@ class FieldMapper:
 def persist_learned(store: Store, key: str, fresh: dict[str, dict]) -> dict[str, dict]:
     """Add `fresh` entries to the learned fields under `key` (compare-and-set); the first run to learn one keeps
     the credit. Returns every learned field as stored."""
-    for _ in range(CAS_ATTEMPTS):
-        stored, version = store.get_state(key)
-        fields = dict((stored or {}).get("fields", {}))
-        for name, entry in fresh.items():
-            fields.setdefault(name, entry)
-        if store.cas_state(key, {"fields": fields}, version):
-            return fields
-    raise StoreError(f"{key}: too much contention saving what was learned")
+
+    def add(stored: dict | None) -> dict | None:
+        fields = (stored or {}).get("fields", {})
+        missing = {name: entry for name, entry in fresh.items() if name not in fields}
+        return {"fields": {**fields, **missing}} if missing or stored is None else None
+
+    return (update_state(store, key, add) or {}).get("fields", {})
 
 
 class ValueFormats:

@@ -18,10 +18,12 @@ from common.clock import Clock, Deadline
 from common.config import RateSpec, Settings, parse_rate  # noqa: F401 (re-exported: the rate model)
 from common.errors import StoreError
 from common.store import Store
+from common.store.state import update_state
 
 CAS_ATTEMPTS = 50
 MAX_STALLED_ROUNDS = 6  # consecutive late answers from the store before giving up on a slot
 MIN_FACTOR = 0.1
+_ADAPTIVE_START = {"factor": 1.0, "since": 0.0, "blocked_until": 0.0}
 RECOVERY_PER_INTERVAL = 0.1  # additive recovery: +10 % of the configured rate per window without a 429
 
 
@@ -136,7 +138,7 @@ class SourceLimiter:
 
     def _adaptive(self) -> tuple[dict, int]:
         state, version = self.store.get_state(f"adaptive:{self.source}")
-        return state or {"factor": 1.0, "since": 0.0, "blocked_until": 0.0}, version
+        return state or dict(_ADAPTIVE_START), version
 
     def blocked_until(self, state: dict) -> float:
         """The stored block, bounded by `max_blocked_s` from the 429 that set it (a block stored by an older
@@ -177,12 +179,11 @@ class SourceLimiter:
         """A 429: halve the rate (down to MIN_FACTOR) and block every process until Retry-After has passed
         (at most `max_blocked_s`)."""
         retry_after_s = min(retry_after_s, self.max_blocked_s)
-        for _ in range(CAS_ATTEMPTS):
-            state, version = self._adaptive()
+
+        def halve(state: dict | None) -> dict:
+            state = state or dict(_ADAPTIVE_START)
             now = self.clock()
-            factor = max(MIN_FACTOR, self.factor(state) / 2)
             until = max(min(self.blocked_until(state), now + self.max_blocked_s), now + retry_after_s)
-            update = {"factor": factor, "since": now, "blocked_until": until}
-            if self.store.cas_state(f"adaptive:{self.source}", update, version):
-                return factor
-        raise StoreError(f"adaptive rate {self.source}: too much contention")
+            return {"factor": max(MIN_FACTOR, self.factor(state) / 2), "since": now, "blocked_until": until}
+
+        return update_state(self.store, f"adaptive:{self.source}", halve)["factor"]
