@@ -101,23 +101,9 @@ class Page:
     total: int
 
 
-class Store(ABC):
-    """Port for checkpoints, leases, raw batches, normalized records, assets, the run ledger and quarantine."""
+class LeaseStore(ABC):
+    """Single flight per stage, with fencing tokens."""
 
-    # --- lifecycle -------------------------------------------------------------------------------
-    @abstractmethod
-    def ping(self) -> None:
-        """Raise `StoreError` unless the store answers."""
-
-    @abstractmethod
-    def migrate(self) -> tuple[int, int]:
-        """Upgrade a store written by an older version in place, up to SCHEMA_VERSION; returns (from, to).
-        Runs on first use too; idempotent, and safe when several processes start at once."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections held by this process."""
-
-    # --- leases: single flight per stage, fencing tokens ----------------------------------------------
     @abstractmethod
     def acquire_lease(self, name: str, owner: str, ttl_s: float, now: float) -> Fence | None:
         """Atomically take `name` if free, expired, or already ours. A takeover draws a new, larger epoch;
@@ -131,18 +117,11 @@ class Store(ABC):
     def release_lease(self, fence: Fence) -> None:
         """Let the lease expire now if we still hold it (the epoch is kept: it never goes back)."""
 
-    # Every durable write of a run takes `fence=`: the write happens only while that fence is current, checked
-    # atomically with the write, else `LeaseLost` is raised and nothing is written. `fence=None` is unfenced
-    # (tests, migrations, skipped runs).
 
-    # --- checkpoints ------------------------------------------------------------------------------
-    @abstractmethod
-    def get_checkpoint(self, name: str) -> dict | None: ...
+class SharedState(ABC):
+    """Small versioned documents shared by every process: rate-limiter windows, adaptive rates, learned mappings
+    and formats, incidents (see `common.store.state.update_state`)."""
 
-    @abstractmethod
-    def put_checkpoint(self, name: str, value: dict, fence: Fence | None = None) -> None: ...
-
-    # --- shared state: small versioned documents (rate-limiter windows, adaptive rates) ----------------
     @abstractmethod
     def get_state(self, key: str) -> tuple[dict | None, int]:
         """The document stored under `key` and its version (None, 0 when absent)."""
@@ -152,7 +131,16 @@ class Store(ABC):
         """Compare-and-set: store `value` as version `expected_version + 1` only if the stored version is still
         `expected_version` (0 = absent). False means another process changed it first: re-read and retry."""
 
-    # --- raw batches --------------------------------------------------------------------------------
+
+class BatchStore(ABC):
+    """Raw batches as received, and the extract checkpoints that follow them."""
+
+    @abstractmethod
+    def get_checkpoint(self, name: str) -> dict | None: ...
+
+    @abstractmethod
+    def put_checkpoint(self, name: str, value: dict, fence: Fence | None = None) -> None: ...
+
     @abstractmethod
     def put_raw_batch(self, batch: RawBatch, checkpoint: tuple[str, dict] | None = None,
                       fence: Fence | None = None) -> None:
@@ -172,7 +160,10 @@ class Store(ABC):
     def requeue_raw_batch(self, batch_id: str) -> bool:
         """Make a batch pending again (version bumped) so the next transform re-reads it; False if unknown."""
 
-    # --- transform output -------------------------------------------------------------------------------
+
+class RecordStore(ABC):
+    """Normalized records and master assets: the transform's output and the API's reads."""
+
     @abstractmethod
     def commit_transformed(
         self,
@@ -189,7 +180,6 @@ class Store(ABC):
         changes nothing. `resolves`: quarantine entries this commit supersedes (rows of an earlier version of the
         batch that now load), marked resolved by `resolved_by` in the same write."""
 
-    # --- reads ------------------------------------------------------------------------------------------
     @abstractmethod
     def query_normalized(self, query: DataQuery) -> Page: ...
 
@@ -199,6 +189,10 @@ class Store(ABC):
     @abstractmethod
     def list_assets(self) -> list[dict]:
         """Master assets with the sources that reported them, ordered by asset_id."""
+
+
+class QuarantineStore(ABC):
+    """Rows that could not be loaded, with their reason, until a replay or a correction loads them."""
 
     @abstractmethod
     def list_quarantine(self, source: str | None = None, limit: int = 100, offset: int = 0,
@@ -212,7 +206,10 @@ class Store(ABC):
     def resolve_quarantine(self, ids: Sequence[str], run_id: str, fence: Fence | None = None) -> int:
         """Mark entries as loaded by a replay run; returns how many were still unresolved."""
 
-    # --- run ledger -------------------------------------------------------------------------------------
+
+class RunLedger(ABC):
+    """Every invocation of every stage, as recorded runs."""
+
     @abstractmethod
     def save_run(self, run: Run, fence: Fence | None = None) -> bool:
         """Insert the run's ledger entry, or replace it while the stored one is still `running`: a final status is
@@ -233,3 +230,22 @@ class Store(ABC):
     @abstractmethod
     def last_run(self, statuses: Sequence[str], stage: str | None = None) -> Run | None:
         """The newest run (by start time) whose status is in `statuses`."""
+
+
+class Store(LeaseStore, SharedState, BatchStore, RecordStore, QuarantineStore, RunLedger):
+    """The storage port: the union of the role ports, plus the lifecycle. Consumers may depend on a role only.
+
+    Every durable write of a run takes `fence=`: it happens only while that lease is current, checked atomically with the
+    write, else `LeaseLost` is raised and nothing is written; `fence=None` is unfenced (tests, migrations, skipped runs)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise `StoreError` unless the store answers."""
+
+    @abstractmethod
+    def migrate(self) -> tuple[int, int]:
+        """Upgrade a store written by an older version in place, up to SCHEMA_VERSION; returns (from, to).
+        Runs on first use too; idempotent, and safe when several processes start at once."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections held by this process."""

@@ -1,6 +1,7 @@
 """One contract for the storage port, run against every adapter.
 
-`StoreContract` holds the behaviour; each adapter subclasses it once and only says how to build a store.
+One mixin per role port (`LeaseContract`, `StateContract`, `BatchContract`, ...); `StoreContract` is their union and
+holds the behaviour; each adapter subclasses it once and only says how to build a store.
 SqliteStore is the reference; MongoStore runs on mongomock-ng here and on a real server when `TEST_MONGODB_URI`
 is set. Time is always passed in (`now`) or injected (`FakeClock`): nothing sleeps.
 """
@@ -146,8 +147,8 @@ def run(run_id="r1", stage="extract", source="a", status="succeeded", started_at
     return Run(run_id=run_id, stage=stage, source=source, status=status, started_at=started_at, **overrides)
 
 
-class StoreContract(ABC):
-    """Behaviour every `Store` adapter must show; subclasses only build stores."""
+class ContractBase(ABC):
+    """How a contract builds and disposes of stores; every role mixin below runs on top of it."""
 
     @abstractmethod
     def make_store(self, tmp_path, clock: FakeClock) -> Store:
@@ -177,7 +178,10 @@ class StoreContract(ABC):
         store.commit_transformed(pending, list(records), list(quarantine), list(assets))
         return pending
 
-    # --- lifecycle ---------------------------------------------------------------------------------------------
+
+class LifecycleContract(ContractBase):
+    """Lifecycle: ping, and what an unreachable store does."""
+
     def test_ping_answers(self, store):
         assert isinstance(store, Store)
         assert store.ping() is None
@@ -190,7 +194,10 @@ class StoreContract(ABC):
         finally:
             store.close()
 
-    # --- leases ------------------------------------------------------------------------------------------------
+
+class LeaseContract(ContractBase):
+    """LeaseStore: single flight and fencing tokens."""
+
     def test_free_lease_is_acquired_with_a_fencing_token(self, store):
         fence = store.acquire_lease("extract:a", "o1", ttl_s=10, now=0)
         assert fence == Fence("extract:a", "o1", fence.epoch) and fence.epoch >= 1
@@ -255,24 +262,10 @@ class StoreContract(ABC):
         assert store.acquire_lease("extract:b", "o2", ttl_s=10, now=0)
         assert store.acquire_lease("extract:a", "o2", ttl_s=10, now=1) is None
 
-    def test_a_commit_resolves_the_entries_it_supersedes_in_the_same_write(self, store):
-        self.commit_pending(store, quarantine=[quarantined("q1"), quarantined("q2", row_number=2)])
-        store.put_raw_batch(batch("b:0"))
-        pending = store.pending_raw_batches(1)[0]
-        store.commit_transformed(pending, [record()], [], [], resolves=["q1", "unknown"], resolved_by="r9")
-        entries = {e["id"]: e for e in store.list_quarantine()}
-        assert (entries["q1"]["resolved_by"], entries["q2"]["resolved_by"]) == ("r9", None)
-        assert store.resolve_quarantine(["q1", "q2", "nope"], "r10") == 1
 
-    def test_a_rewritten_batch_goes_behind_the_ones_written_since(self, store):
-        store.put_raw_batch(batch("b:0"))
-        store.put_raw_batch(batch("b:1"))
-        store.put_raw_batch(batch("b:0"))  # unchanged: keeps its place
-        assert [b.batch_id for b in store.pending_raw_batches(10)] == ["b:0", "b:1"]
-        store.put_raw_batch(batch("b:0", payload="corrected"))
-        assert [b.batch_id for b in store.pending_raw_batches(10)] == ["b:1", "b:0"]
+class FencingContract(ContractBase):
+    """Fencing: every durable write is refused to a writer that lost its lease."""
 
-    # --- fencing: a writer that lost its lease changes nothing durable ------------------------------------------
     @pytest.fixture
     def stale_and_current(self, store):
         """o1 held the lease, stalled past expiry; o2 took over. Returns (stale fence, current fence)."""
@@ -339,7 +332,34 @@ class StoreContract(ABC):
         with pytest.raises(LeaseLost):
             store.put_checkpoint("extract:b", {"offset": 1}, fence=first)
 
-    # --- checkpoints -------------------------------------------------------------------------------------------
+
+class StateContract(ContractBase):
+    """SharedState: versioned documents, compare-and-set."""
+
+    def test_absent_state_is_none_at_version_zero(self, store):
+        assert store.get_state("limiter:a") == (None, 0)
+
+    def test_state_compare_and_set(self, store):
+        assert store.cas_state("limiter:a", {"log": [1]}, 0)
+        assert not store.cas_state("limiter:a", {"log": [9]}, 0)  # someone created it first
+        assert store.get_state("limiter:a") == ({"log": [1]}, 1)
+        assert store.cas_state("limiter:a", {"log": [1, 2]}, 1)
+        assert not store.cas_state("limiter:a", {"log": [7]}, 1)  # stale version
+        assert store.get_state("limiter:a") == ({"log": [1, 2]}, 2)
+        assert store.get_state("limiter:b") == (None, 0)
+
+
+class BatchContract(ContractBase):
+    """BatchStore: raw batches and their checkpoints."""
+
+    def test_a_rewritten_batch_goes_behind_the_ones_written_since(self, store):
+        store.put_raw_batch(batch("b:0"))
+        store.put_raw_batch(batch("b:1"))
+        store.put_raw_batch(batch("b:0"))  # unchanged: keeps its place
+        assert [b.batch_id for b in store.pending_raw_batches(10)] == ["b:0", "b:1"]
+        store.put_raw_batch(batch("b:0", payload="corrected"))
+        assert [b.batch_id for b in store.pending_raw_batches(10)] == ["b:1", "b:0"]
+
     def test_missing_checkpoint_is_none(self, store):
         assert store.get_checkpoint("extract:a") is None
 
@@ -356,7 +376,6 @@ class StoreContract(ABC):
         assert store.get_checkpoint("extract:a") == {"page": 2}
         assert store.get_checkpoint("extract:b") == {"offset": 7}
 
-    # --- raw batches -------------------------------------------------------------------------------------------
     def test_get_and_requeue_a_raw_batch(self, store):
         store.put_raw_batch(batch(header=["A"]))
         [pending] = store.pending_raw_batches(10)
@@ -367,31 +386,6 @@ class StoreContract(ABC):
         assert again.version == pending.version + 1
         store.commit_transformed(pending, [], [], [])  # the old version's commit does not close the requeued batch
         assert store.count_raw_batches(pending_only=True) == 1
-
-    def test_quarantine_entries_resolve_once(self, store):
-        entries = [{"id": f"q{i}", "source": "a", "run_id": "r", "reason": "bad"} for i in range(3)]
-        store.put_raw_batch(batch())
-        store.commit_transformed(store.pending_raw_batches(1)[0], [], entries, [])
-        assert store.count_quarantine(unresolved_only=True) == 3
-        assert store.resolve_quarantine(["q0", "q2", "missing"], "replay-1") == 2
-        assert store.resolve_quarantine(["q0"], "replay-2") == 0
-        [open_entry] = store.list_quarantine(unresolved_only=True)
-        assert open_entry["id"] == "q1" and open_entry["resolved_at"] is None
-        resolved = {e["id"]: e["resolved_by"] for e in store.list_quarantine() if e["resolved_at"]}
-        assert resolved == {"q0": "replay-1", "q2": "replay-1"}
-        assert store.count_quarantine("a", unresolved_only=True) == 1 and store.count_quarantine("a") == 3
-
-    def test_absent_state_is_none_at_version_zero(self, store):
-        assert store.get_state("limiter:a") == (None, 0)
-
-    def test_state_compare_and_set(self, store):
-        assert store.cas_state("limiter:a", {"log": [1]}, 0)
-        assert not store.cas_state("limiter:a", {"log": [9]}, 0)  # someone created it first
-        assert store.get_state("limiter:a") == ({"log": [1]}, 1)
-        assert store.cas_state("limiter:a", {"log": [1, 2]}, 1)
-        assert not store.cas_state("limiter:a", {"log": [7]}, 1)  # stale version
-        assert store.get_state("limiter:a") == ({"log": [1, 2]}, 2)
-        assert store.get_state("limiter:b") == (None, 0)
 
     def test_put_raw_batch_round_trips_as_pending(self, store, clock):
         original = batch(
@@ -498,7 +492,25 @@ class StoreContract(ABC):
         assert store.count_raw_batches(source="a", pending_only=True) == 1
         assert store.count_raw_batches(source="zzz") == 0
 
-    # --- commit_transformed: records ---------------------------------------------------------------------------
+
+class RecordContract(ContractBase):
+    """RecordStore: normalized records, assets, reads."""
+
+    DATASET = [
+        record("a", "btc", "2026-01-01T00:00:00Z", symbol="BTC", price_usd=100.0, market_cap_usd=9e11,
+               volume_24h_usd=3e9, ingested_at="2026-01-02T00:00:00.000Z"),
+        record("a", "btc", "2026-01-01T01:00:00Z", symbol="BTC", price_usd=101.0, market_cap_usd=9.1e11,
+               volume_24h_usd=1e9, ingested_at="2026-01-02T00:00:01.000Z"),
+        record("b", "XBT", "2026-01-01T00:30:00Z", symbol="BTC", price_usd=99.5, market_cap_usd=None,
+               volume_24h_usd=2e9, ingested_at="2026-01-02T00:00:02.000Z"),
+        record("a", "eth", "2026-01-01T00:15:00Z", symbol="ETH", asset_id="eth-ethereum", name="Ethereum",
+               price_usd=3.5, market_cap_usd=4e11, volume_24h_usd=None, ingested_at="2026-01-02T00:00:03.000Z"),
+        record("c", "ethereum", "2026-01-01T00:45:00Z", symbol="ETH", asset_id="eth-ethereum", name="Ethereum",
+               price_usd=None, market_cap_usd=4.1e11, volume_24h_usd=7e9, ingested_at="2026-01-02T00:00:04.000Z"),
+        record("c", "sol", "2026-01-01T00:05:00Z", symbol="SOL", asset_id="sol-solana", name="Solana",
+               price_usd=-0.5, market_cap_usd=1e10, volume_24h_usd=5e8, ingested_at="2026-01-02T00:00:05.000Z"),
+    ]
+
     def test_commit_inserts_records(self, store):
         rows = [record(source_id="btc"), record(source_id="eth", symbol="ETH", asset_id="eth-ethereum",
                                                 name="Ethereum", price_usd=None, market_cap_usd=None)]
@@ -540,7 +552,6 @@ class StoreContract(ABC):
         assert (item["price_usd"], item["volume_24h_usd"]) == (100.0, 0.0)
         assert isinstance(item["price_usd"], float) and isinstance(item["volume_24h_usd"], float)
 
-    # --- commit_transformed: assets ----------------------------------------------------------------------------
     def test_commit_upserts_assets_ordered_by_id(self, store, clock):
         self.commit_pending(store, assets=[asset("eth-ethereum", symbol="ETH", name="Ethereum"), asset()])
         now = iso_utc(clock())
@@ -565,53 +576,6 @@ class StoreContract(ABC):
     def test_empty_store_has_no_assets(self, store):
         assert store.list_assets() == []
 
-    # --- commit_transformed: quarantine ------------------------------------------------------------------------
-    def test_quarantine_entries_are_stored(self, store, clock):
-        self.commit_pending(store, quarantine=[
-            quarantined("q1", row_number=2), quarantined("q2", batch_id=None, row_number=None, raw=None)])
-        now = iso_utc(clock())
-        entries = store.list_quarantine()
-        assert entries == [
-            {"id": "q2", "source": "a", "run_id": "run-1", "batch_id": None, "row_number": None, "raw": None,
-             "reason": "missing price", "created_at": now, "resolved_at": None, "resolved_by": None},
-            {"id": "q1", "source": "a", "run_id": "run-1", "batch_id": "a:0", "row_number": 2, "raw": "x,y",
-             "reason": "missing price", "created_at": now, "resolved_at": None, "resolved_by": None},
-        ]
-        assert all(list(entry) == QUARANTINE_KEYS for entry in entries)
-
-    def test_optional_quarantine_fields_may_be_absent(self, store):
-        self.commit_pending(store, quarantine=[{"id": "q1", "source": "a", "run_id": "r", "reason": "bad"}])
-        [entry] = store.list_quarantine()
-        assert (entry["batch_id"], entry["row_number"], entry["raw"]) == (None, None, None)
-
-    def test_quarantine_is_idempotent_by_id(self, store, clock):
-        self.commit_pending(store, quarantine=[quarantined("q1")])
-        first = store.list_quarantine()
-        clock.advance(60)
-        self.commit_pending(store, quarantine=[quarantined("q1", reason="changed")])
-        assert store.list_quarantine() == first
-        assert store.count_quarantine() == 1
-
-    def test_quarantine_list_order_filter_and_paging(self, store, clock):
-        self.commit_pending(store, quarantine=[
-            quarantined("q-b2", batch_id="b", row_number=2), quarantined("q-a9", batch_id="a", row_number=9),
-            quarantined("q-b1", batch_id="b", row_number=1), quarantined("q-c", source="c", batch_id="c")])
-        clock.advance(60)
-        self.commit_pending(store, quarantine=[quarantined("q-late", batch_id="a", row_number=0)])
-        ids = [e["id"] for e in store.list_quarantine()]
-        assert ids == ["q-a9", "q-b1", "q-b2", "q-c", "q-late"]  # created_at, then batch_id, then row_number
-        assert [e["id"] for e in store.list_quarantine(source="a")] == ["q-a9", "q-b1", "q-b2", "q-late"]
-        assert [e["id"] for e in store.list_quarantine(limit=2, offset=1)] == ["q-b1", "q-b2"]
-        assert [e["id"] for e in store.list_quarantine(source="a", limit=10, offset=3)] == ["q-late"]
-        assert store.list_quarantine(limit=0) == []
-        assert store.list_quarantine(source="zzz") == []
-
-    def test_count_quarantine(self, store):
-        self.commit_pending(store, quarantine=[quarantined("q1"), quarantined("q2"), quarantined("q3", source="c")])
-        assert (store.count_quarantine(), store.count_quarantine("a"), store.count_quarantine("c")) == (3, 2, 1)
-        assert store.count_quarantine("zzz") == 0
-
-    # --- commit_transformed: marking the batch ------------------------------------------------------------------
     def test_commit_marks_batch_done(self, store):
         store.put_raw_batch(batch())
         [pending] = store.pending_raw_batches(10)
@@ -639,22 +603,6 @@ class StoreContract(ABC):
         store.commit_transformed(pending, *args)
         assert (store.query_normalized(DataQuery()), store.list_assets(), store.list_quarantine()) == snapshot
         assert store.count_raw_batches(pending_only=True) == 0
-
-    # --- query_normalized / count_normalized --------------------------------------------------------------------
-    DATASET = [
-        record("a", "btc", "2026-01-01T00:00:00Z", symbol="BTC", price_usd=100.0, market_cap_usd=9e11,
-               volume_24h_usd=3e9, ingested_at="2026-01-02T00:00:00.000Z"),
-        record("a", "btc", "2026-01-01T01:00:00Z", symbol="BTC", price_usd=101.0, market_cap_usd=9.1e11,
-               volume_24h_usd=1e9, ingested_at="2026-01-02T00:00:01.000Z"),
-        record("b", "XBT", "2026-01-01T00:30:00Z", symbol="BTC", price_usd=99.5, market_cap_usd=None,
-               volume_24h_usd=2e9, ingested_at="2026-01-02T00:00:02.000Z"),
-        record("a", "eth", "2026-01-01T00:15:00Z", symbol="ETH", asset_id="eth-ethereum", name="Ethereum",
-               price_usd=3.5, market_cap_usd=4e11, volume_24h_usd=None, ingested_at="2026-01-02T00:00:03.000Z"),
-        record("c", "ethereum", "2026-01-01T00:45:00Z", symbol="ETH", asset_id="eth-ethereum", name="Ethereum",
-               price_usd=None, market_cap_usd=4.1e11, volume_24h_usd=7e9, ingested_at="2026-01-02T00:00:04.000Z"),
-        record("c", "sol", "2026-01-01T00:05:00Z", symbol="SOL", asset_id="sol-solana", name="Solana",
-               price_usd=-0.5, market_cap_usd=1e10, volume_24h_usd=5e8, ingested_at="2026-01-02T00:00:05.000Z"),
-    ]
 
     @staticmethod
     def expected_order(rows, sort_by: str, descending: bool) -> list[dict]:
@@ -721,40 +669,87 @@ class StoreContract(ABC):
         assert (loaded.count_normalized("a"), loaded.count_normalized("b"), loaded.count_normalized("c")) == (3, 1, 2)
         assert loaded.count_normalized("zzz") == 0
 
-    # --- schema upgrades -----------------------------------------------------------------------------------------
-    @abstractmethod
-    def make_v1_store(self, tmp_path, clock: FakeClock) -> Store:
-        """A store over data written by the first release (V1_RECORDS, a lease without an epoch)."""
+    def test_a_final_status_is_written_once(self, store):
+        assert store.save_run(run(status="running")) is True
+        assert store.save_run(run(status="failed", summary={"warnings": [], "errors": ["abandoned"]})) is True
+        assert store.save_run(run(status="succeeded")) is False  # a late save cannot overwrite the verdict
+        assert store.get_run("r1").status == "failed"
 
-    def test_a_first_release_store_upgrades_in_place(self, tmp_path, clock):
-        store = self.make_v1_store(tmp_path, clock)
-        try:
-            assert store.migrate() == (1, SCHEMA_VERSION)
-            items = store.query_normalized(DataQuery(limit=10, sort_by="observed_at", descending=False)).items
-            got = sorted((i["source"], i["source_id"], i["observed_at"], i["price_usd"], i["idempotency_key"])
-                         for i in items)
-            assert got == sorted([
-                ("source_b", "uni-uniswap", "2020-09-20T23:59:59.000Z", 5.0,
-                 idempotency_key("source_b", "uni-uniswap", "2020-09-20T23:59:59.000Z")),
-                ("source_b", "btc-bitcoin", "2020-09-20T23:59:59.000Z", 10000.0,
-                 idempotency_key("source_b", "btc-bitcoin", "2020-09-20T23:59:59.000Z")),
-                ("source_c", "bitcoin", "2025-06-25T10:47:48.500Z", 100000.0,
-                 idempotency_key("source_c", "bitcoin", "2025-06-25T10:47:48.500Z")),
-                ("source_c", "bitcoin", "2025-06-25T10:47:48.000Z", 99999.0,
-                 idempotency_key("source_c", "bitcoin", "2025-06-25T10:47:48.000Z")),
-            ])
-            times = [i["observed_at"] for i in items]
-            assert times[-2:] == ["2025-06-25T10:47:48.000Z", "2025-06-25T10:47:48.500Z"]  # text order = time order
-            # the CSV's batches are transformed once more (coins that shared a ticker had lost rows); others are not
-            assert [b.batch_id for b in store.pending_raw_batches(10)] == ["source_b:f:0"]
-            assert store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
-            fence = store.acquire_lease("transform_load", "new-owner", ttl_s=10, now=clock.now)  # the v1 lease expired
-            assert fence and fence.epoch >= 1
-            store.put_checkpoint("x", {"ok": 1}, fence=fence)
-        finally:
-            self.dispose(store)
 
-    # --- run ledger ---------------------------------------------------------------------------------------------
+class QuarantineContract(ContractBase):
+    """QuarantineStore: entries, listing, resolution."""
+
+    def test_a_commit_resolves_the_entries_it_supersedes_in_the_same_write(self, store):
+        self.commit_pending(store, quarantine=[quarantined("q1"), quarantined("q2", row_number=2)])
+        store.put_raw_batch(batch("b:0"))
+        pending = store.pending_raw_batches(1)[0]
+        store.commit_transformed(pending, [record()], [], [], resolves=["q1", "unknown"], resolved_by="r9")
+        entries = {e["id"]: e for e in store.list_quarantine()}
+        assert (entries["q1"]["resolved_by"], entries["q2"]["resolved_by"]) == ("r9", None)
+        assert store.resolve_quarantine(["q1", "q2", "nope"], "r10") == 1
+
+    def test_quarantine_entries_resolve_once(self, store):
+        entries = [{"id": f"q{i}", "source": "a", "run_id": "r", "reason": "bad"} for i in range(3)]
+        store.put_raw_batch(batch())
+        store.commit_transformed(store.pending_raw_batches(1)[0], [], entries, [])
+        assert store.count_quarantine(unresolved_only=True) == 3
+        assert store.resolve_quarantine(["q0", "q2", "missing"], "replay-1") == 2
+        assert store.resolve_quarantine(["q0"], "replay-2") == 0
+        [open_entry] = store.list_quarantine(unresolved_only=True)
+        assert open_entry["id"] == "q1" and open_entry["resolved_at"] is None
+        resolved = {e["id"]: e["resolved_by"] for e in store.list_quarantine() if e["resolved_at"]}
+        assert resolved == {"q0": "replay-1", "q2": "replay-1"}
+        assert store.count_quarantine("a", unresolved_only=True) == 1 and store.count_quarantine("a") == 3
+
+    def test_quarantine_entries_are_stored(self, store, clock):
+        self.commit_pending(store, quarantine=[
+            quarantined("q1", row_number=2), quarantined("q2", batch_id=None, row_number=None, raw=None)])
+        now = iso_utc(clock())
+        entries = store.list_quarantine()
+        assert entries == [
+            {"id": "q2", "source": "a", "run_id": "run-1", "batch_id": None, "row_number": None, "raw": None,
+             "reason": "missing price", "created_at": now, "resolved_at": None, "resolved_by": None},
+            {"id": "q1", "source": "a", "run_id": "run-1", "batch_id": "a:0", "row_number": 2, "raw": "x,y",
+             "reason": "missing price", "created_at": now, "resolved_at": None, "resolved_by": None},
+        ]
+        assert all(list(entry) == QUARANTINE_KEYS for entry in entries)
+
+    def test_optional_quarantine_fields_may_be_absent(self, store):
+        self.commit_pending(store, quarantine=[{"id": "q1", "source": "a", "run_id": "r", "reason": "bad"}])
+        [entry] = store.list_quarantine()
+        assert (entry["batch_id"], entry["row_number"], entry["raw"]) == (None, None, None)
+
+    def test_quarantine_is_idempotent_by_id(self, store, clock):
+        self.commit_pending(store, quarantine=[quarantined("q1")])
+        first = store.list_quarantine()
+        clock.advance(60)
+        self.commit_pending(store, quarantine=[quarantined("q1", reason="changed")])
+        assert store.list_quarantine() == first
+        assert store.count_quarantine() == 1
+
+    def test_quarantine_list_order_filter_and_paging(self, store, clock):
+        self.commit_pending(store, quarantine=[
+            quarantined("q-b2", batch_id="b", row_number=2), quarantined("q-a9", batch_id="a", row_number=9),
+            quarantined("q-b1", batch_id="b", row_number=1), quarantined("q-c", source="c", batch_id="c")])
+        clock.advance(60)
+        self.commit_pending(store, quarantine=[quarantined("q-late", batch_id="a", row_number=0)])
+        ids = [e["id"] for e in store.list_quarantine()]
+        assert ids == ["q-a9", "q-b1", "q-b2", "q-c", "q-late"]  # created_at, then batch_id, then row_number
+        assert [e["id"] for e in store.list_quarantine(source="a")] == ["q-a9", "q-b1", "q-b2", "q-late"]
+        assert [e["id"] for e in store.list_quarantine(limit=2, offset=1)] == ["q-b1", "q-b2"]
+        assert [e["id"] for e in store.list_quarantine(source="a", limit=10, offset=3)] == ["q-late"]
+        assert store.list_quarantine(limit=0) == []
+        assert store.list_quarantine(source="zzz") == []
+
+    def test_count_quarantine(self, store):
+        self.commit_pending(store, quarantine=[quarantined("q1"), quarantined("q2"), quarantined("q3", source="c")])
+        assert (store.count_quarantine(), store.count_quarantine("a"), store.count_quarantine("c")) == (3, 2, 1)
+        assert store.count_quarantine("zzz") == 0
+
+
+class LedgerContract(ContractBase):
+    """RunLedger: runs, written once, found by status."""
+
     def test_run_round_trips(self, store):
         original = run(
             status="partial", finished_at="2026-01-01T00:01:00.000Z", duration_ms=60_000, rows_in=10, rows_out=8,
@@ -772,12 +767,6 @@ class StoreContract(ABC):
         store.save_run(run(status="succeeded", rows_out=5, finished_at="2026-01-01T00:00:09.000Z"))
         assert store.get_run("r1") == run(status="succeeded", rows_out=5, finished_at="2026-01-01T00:00:09.000Z")
         assert len(store.list_runs()) == 1
-
-    def test_a_final_status_is_written_once(self, store):
-        assert store.save_run(run(status="running")) is True
-        assert store.save_run(run(status="failed", summary={"warnings": [], "errors": ["abandoned"]})) is True
-        assert store.save_run(run(status="succeeded")) is False  # a late save cannot overwrite the verdict
-        assert store.get_run("r1").status == "failed"
 
     def test_running_runs_finds_every_one_however_many_came_after(self, store):
         store.save_run(run("old", "extract", "b", status="running", started_at="2026-01-01T00:00:00.000Z"))
@@ -823,6 +812,47 @@ class StoreContract(ABC):
         assert store.last_run(["running", "failed"]).run_id == "r4"
         assert store.last_run(["partial"]) is None
         assert store.last_run(["succeeded"], stage="load") is None
+
+
+class UpgradeContract(ContractBase):
+    """Schema upgrades in place: a store written by an older version opens and is upgraded."""
+
+    @abstractmethod
+    def make_v1_store(self, tmp_path, clock: FakeClock) -> Store:
+        """A store over data written by the first release (V1_RECORDS, a lease without an epoch)."""
+
+    def test_a_first_release_store_upgrades_in_place(self, tmp_path, clock):
+        store = self.make_v1_store(tmp_path, clock)
+        try:
+            assert store.migrate() == (1, SCHEMA_VERSION)
+            items = store.query_normalized(DataQuery(limit=10, sort_by="observed_at", descending=False)).items
+            got = sorted((i["source"], i["source_id"], i["observed_at"], i["price_usd"], i["idempotency_key"])
+                         for i in items)
+            assert got == sorted([
+                ("source_b", "uni-uniswap", "2020-09-20T23:59:59.000Z", 5.0,
+                 idempotency_key("source_b", "uni-uniswap", "2020-09-20T23:59:59.000Z")),
+                ("source_b", "btc-bitcoin", "2020-09-20T23:59:59.000Z", 10000.0,
+                 idempotency_key("source_b", "btc-bitcoin", "2020-09-20T23:59:59.000Z")),
+                ("source_c", "bitcoin", "2025-06-25T10:47:48.500Z", 100000.0,
+                 idempotency_key("source_c", "bitcoin", "2025-06-25T10:47:48.500Z")),
+                ("source_c", "bitcoin", "2025-06-25T10:47:48.000Z", 99999.0,
+                 idempotency_key("source_c", "bitcoin", "2025-06-25T10:47:48.000Z")),
+            ])
+            times = [i["observed_at"] for i in items]
+            assert times[-2:] == ["2025-06-25T10:47:48.000Z", "2025-06-25T10:47:48.500Z"]  # text order = time order
+            # the CSV's batches are transformed once more (coins that shared a ticker had lost rows); others are not
+            assert [b.batch_id for b in store.pending_raw_batches(10)] == ["source_b:f:0"]
+            assert store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
+            fence = store.acquire_lease("transform_load", "new-owner", ttl_s=10, now=clock.now)  # the v1 lease expired
+            assert fence and fence.epoch >= 1
+            store.put_checkpoint("x", {"ok": 1}, fence=fence)
+        finally:
+            self.dispose(store)
+
+
+class StoreContract(LifecycleContract, LeaseContract, FencingContract, StateContract, BatchContract, RecordContract,
+                    QuarantineContract, LedgerContract, UpgradeContract):
+    """Behaviour every `Store` adapter must show, one mixin per role; subclasses only build stores."""
 
 
 class TestSqliteStore(StoreContract):
