@@ -13,7 +13,7 @@ from common.drift.coerce import CoerceError, parse_with_format, to_timestamp
 from common.drift.formats import DateOrder, Undecided
 from common.drift.matcher import MatchResult, match_fields
 from common.sources import SourceSpec
-from common.store import Store
+from common.store import SharedState
 from common.store.state import update_state
 
 FUTURE_SLACK = timedelta(days=1)
@@ -24,13 +24,13 @@ class FieldMapper:
     """Maps one source's incoming field names for one run; results are cached per distinct set of names."""
 
     @classmethod
-    def for_run(cls, store: Store, spec: SourceSpec, settings: Settings, run_id: str, clock: Clock,
+    def for_run(cls, store: SharedState, spec: SourceSpec, settings: Settings, run_id: str, clock: Clock,
                 learn: bool = True) -> "FieldMapper":
         return cls(store, spec, run_id, clock, threshold=settings.drift_threshold,
                    extra_aliases=settings.aliases_for(spec.name), learn=learn,
                    formats=ValueFormats(store, spec.name, run_id, clock, settings.formats_for(spec.name), learn=learn))
 
-    def __init__(self, store: Store, spec: SourceSpec, run_id: str, clock: Clock, *, threshold: float,
+    def __init__(self, store: SharedState, spec: SourceSpec, run_id: str, clock: Clock, *, threshold: float,
                  extra_aliases: Mapping[str, Sequence[str]] | None = None, learn: bool = True,
                  formats: "ValueFormats | None" = None) -> None:
         self.store, self.spec, self.run_id, self.clock = store, spec, run_id, clock
@@ -104,7 +104,7 @@ class FieldMapper:
         return f"{self.spec.name}: missing required field(s): {'; '.join(parts)}"
 
 
-def persist_learned(store: Store, key: str, fresh: dict[str, dict]) -> dict[str, dict]:
+def persist_learned(store: SharedState, key: str, fresh: dict[str, dict]) -> dict[str, dict]:
     """Add `fresh` entries to the learned fields under `key` (compare-and-set); the first run to learn one keeps
     the credit. Returns every learned field as stored."""
 
@@ -123,7 +123,7 @@ class ValueFormats:
 
     RANK = {"ambiguous": 0, "applied": 1, "inferred": 2}
 
-    def __init__(self, store: Store, source: str, run_id: str, clock: Clock, declared: Mapping[str, str], *,
+    def __init__(self, store: SharedState, source: str, run_id: str, clock: Clock, declared: Mapping[str, str], *,
                  learn: bool = True) -> None:
         self.store, self.source, self.run_id, self.clock, self.learn = store, source, run_id, clock, learn
         self.declared = dict(declared)

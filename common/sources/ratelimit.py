@@ -17,7 +17,7 @@ from pyrate_limiter.limiter import SingleBucketFactory
 from common.clock import Clock, Deadline
 from common.config import RateSpec, Settings, parse_rate  # noqa: F401 (re-exported: the rate model)
 from common.errors import StoreError
-from common.store import Store
+from common.store import SharedState
 from common.store.state import update_state
 
 CAS_ATTEMPTS = 50
@@ -49,7 +49,7 @@ class StoreBucket(AbstractBucket):
 
     is_async = False
 
-    def __init__(self, store: Store, key: str, rates: list[Rate], clock: Clock, tolerance_ms: int = 25) -> None:
+    def __init__(self, store: SharedState, key: str, rates: list[Rate], clock: Clock, tolerance_ms: int = 25) -> None:
         self.store, self.key, self.clock, self.tolerance_ms = store, key, clock, tolerance_ms
         self.rates = rates
         self.granted_ms = 0  # the stamp of the last slot this bucket granted
@@ -120,7 +120,7 @@ class StoreBucket(AbstractBucket):
 class SourceLimiter:
     """The budget of one source: `acquire()` before every request, `penalize()` on a 429."""
 
-    def __init__(self, store: Store, source: str, rate: RateSpec, clock: Clock,
+    def __init__(self, store: SharedState, source: str, rate: RateSpec, clock: Clock,
                  sleep: Callable[[float], None], safety_ms: int | None = None,
                  max_blocked_s: float = Settings.max_server_wait_s) -> None:
         self.store, self.source, self.rate, self.clock, self.sleep = store, source, rate, clock, sleep

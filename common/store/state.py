@@ -7,12 +7,12 @@ import copy
 from typing import Callable
 
 from common.errors import StoreError
-from common.store import Store
+from common.store import SharedState
 
 ATTEMPTS = 50
 
 
-def update_state(store: Store, key: str, change: Callable[[dict | None], dict | None],
+def update_state(store: SharedState, key: str, change: Callable[[dict | None], dict | None],
                  attempts: int = ATTEMPTS) -> dict | None:
     """Apply `change` to the document under `key` atomically. `change` gets a copy of what is stored (None when
     absent) and returns the new document, or None to leave it as it is; it may run several times under contention,
