@@ -1,14 +1,16 @@
-"""Source declarations: what each source is, where it lives, and the canonical fields it maps to."""
+"""Source declarations: what each source is, where it lives, and the canonical fields it maps to.
+
+`REGISTRY` is the one list of sources: the orchestrator, the trigger, `run_local` and the CLI derive theirs from it,
+so adding a source is one `Declared(...)` line here (plus its fields and, at most, one small class).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from common.config import Settings
 from common.errors import InputError
-
-SOURCE_NAMES = ("source_a", "source_b", "source_c")
-SHORT_NAMES = {"a": "source_a", "b": "source_b", "c": "source_c"}
 
 
 @dataclass(frozen=True)
@@ -105,22 +107,66 @@ COINGECKO_IGNORED = frozenset({
 })
 
 
+def _coinpaprika(settings: Settings) -> SourceSpec:
+    return SourceSpec("source_a", "http_json", settings.source_a_url, COINPAPRIKA_TICKER_FIELDS, HttpSpec(
+        auth_header="Authorization", api_key=settings.source_a_api_key, key_setting="SOURCE_A_API_KEY",
+        rate=settings.source_a_rate, timeout_s=settings.http_timeout_s, max_attempts=settings.http_max_attempts,
+    ), COINPAPRIKA_IGNORED)
+
+
+def _historical_csv(settings: Settings) -> SourceSpec:
+    return SourceSpec("source_b", "csv", settings.source_b_path, CSV_HISTORY_FIELDS, ignored=CSV_HISTORY_IGNORED)
+
+
+def _coingecko(settings: Settings) -> SourceSpec:
+    return SourceSpec("source_c", "http_json", settings.source_c_url, COINGECKO_MARKET_FIELDS, HttpSpec(
+        params=(("vs_currency", "usd"), ("order", "market_cap_desc")),
+        auth_header="x-cg-demo-api-key", api_key=settings.source_c_api_key, key_setting="SOURCE_C_API_KEY",
+        rate=settings.source_c_rate, page_param="page", per_page=settings.source_c_per_page,
+        max_pages=settings.source_c_max_pages, timeout_s=settings.http_timeout_s,
+        max_attempts=settings.http_max_attempts,
+    ), COINGECKO_IGNORED)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One source in the registry: its name, the short form the CLI takes, and how settings describe it."""
+
+    name: str  # "source_a": the ledger's and the store's name for it
+    short: str  # "a"
+    describe: Callable[[Settings], SourceSpec]
+
+    @property
+    def function(self) -> str:
+        """The stage function that extracts it (`functions/<function>/`, `EXTRACT_SOURCE_A_URL`)."""
+        return f"extract_{self.name}"
+
+    def url(self, settings: Settings) -> str:
+        """Where its stage function answers when stages are separate functions ('' when not configured)."""
+        return getattr(settings, f"{self.function}_url", "")
+
+
+REGISTRY: tuple[Declared, ...] = (
+    Declared("source_a", "a", _coinpaprika),
+    Declared("source_b", "b", _historical_csv),
+    Declared("source_c", "c", _coingecko),
+)
+SOURCE_NAMES = tuple(source.name for source in REGISTRY)
+SHORT_NAMES = {source.short: source.name for source in REGISTRY}
+TRANSFORM_FUNCTION = "transform_load"
+STAGE_FUNCTIONS = (*(source.function for source in REGISTRY), TRANSFORM_FUNCTION)
+"""Every stage function, extracts first, in registry order."""
+
+
+def declared(name: str) -> Declared:
+    """The registry entry for `name` (`source_a` or its short form `a`)."""
+    name = SHORT_NAMES.get(name, name)
+    for source in REGISTRY:
+        if source.name == name:
+            return source
+    raise InputError(f"unknown source {name!r}; expected one of: {', '.join(SOURCE_NAMES)}")
+
+
 def source_spec(name: str, settings: Settings) -> SourceSpec:
     """The declaration of source `name` (`source_a`, `source_b`, `source_c` or the short forms `a`, `b`, `c`)."""
-    name = SHORT_NAMES.get(name, name)
-    if name == "source_a":
-        return SourceSpec("source_a", "http_json", settings.source_a_url, COINPAPRIKA_TICKER_FIELDS, HttpSpec(
-            auth_header="Authorization", api_key=settings.source_a_api_key, key_setting="SOURCE_A_API_KEY",
-            rate=settings.source_a_rate, timeout_s=settings.http_timeout_s, max_attempts=settings.http_max_attempts,
-        ), COINPAPRIKA_IGNORED)
-    if name == "source_b":
-        return SourceSpec("source_b", "csv", settings.source_b_path, CSV_HISTORY_FIELDS, ignored=CSV_HISTORY_IGNORED)
-    if name == "source_c":
-        return SourceSpec("source_c", "http_json", settings.source_c_url, COINGECKO_MARKET_FIELDS, HttpSpec(
-            params=(("vs_currency", "usd"), ("order", "market_cap_desc")),
-            auth_header="x-cg-demo-api-key", api_key=settings.source_c_api_key, key_setting="SOURCE_C_API_KEY",
-            rate=settings.source_c_rate, page_param="page", per_page=settings.source_c_per_page,
-            max_pages=settings.source_c_max_pages, timeout_s=settings.http_timeout_s,
-            max_attempts=settings.http_max_attempts,
-        ), COINGECKO_IGNORED)
-    raise InputError(f"unknown source {name!r}; expected one of: {', '.join(SOURCE_NAMES)}")
+    return declared(name).describe(settings)

@@ -2,7 +2,8 @@
 
 Retryable (tenacity, exponential backoff with jitter, bounded attempts): connection errors, timeouts, 5xx,
 bodies that are not JSON, cut short or not a list of records, and 429 (which waits Retry-After, capped at
-max_server_wait_s, and halves the source's rate for every process). Other 4xx fail fast. A failure that came with
+max_server_wait_s, and halves the source's rate for every process). Other 4xx fail fast, and so do a host name that
+does not resolve and a TLS failure: retrying either for a minute only delays the rest of the pass. A failure that came with
 a body carries it, for the quarantine. Redirects are followed here so that credentials never leave the source's
 origin. Every wait and retry is counted in the run summary.
 """
@@ -10,6 +11,7 @@ origin. Every wait and retry is counted in the run summary.
 from __future__ import annotations
 
 import json
+import socket
 from email.utils import parsedate_to_datetime
 from typing import Callable
 from urllib.parse import urljoin, urlsplit
@@ -107,6 +109,11 @@ class PageFetcher:
         except requests.exceptions.SSLError as exc:
             raise SourceError(f"{self.spec.name}: TLS error: {exc}", page=page) from None
         except requests.ConnectionError as exc:
+            unresolved = _resolver_failure(exc)
+            if unresolved is not None:
+                raise SourceError(f"{self.spec.name}: cannot resolve host {urlsplit(self.spec.location).hostname} "
+                                  f"({unresolved}); not retried: check the source URL and the network",
+                                  page=page) from None
             raise SourceUnavailable(f"{self.spec.name}: cannot connect: {_short(exc)}", page=page) from None
         except requests.RequestException as exc:
             raise SourceError(f"{self.spec.name}: request failed: {_short(exc)}", page=page) from None
@@ -221,6 +228,25 @@ class ServerError(FailedPage):
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}:{parts.port or {'http': 80, 'https': 443}.get(parts.scheme)}"
+
+
+def _resolver_failure(exc: BaseException) -> str | None:
+    """The resolver's words when a connection error was caused by a name lookup (socket.gaierror, urllib3's
+    NameResolutionError), found anywhere in the chain requests and urllib3 wrap it in; None otherwise."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        error = pending.pop()
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, socket.gaierror):
+            return error.strerror or str(error)
+        if type(error).__name__ == "NameResolutionError":  # urllib3 >= 2; its cause is the gaierror
+            cause = error.__cause__ or error.__context__
+            return (_resolver_failure(cause) if cause is not None else None) or "name resolution failed"
+        pending += [*error.args, getattr(error, "reason", None), error.__cause__, error.__context__]
+    return None
 
 
 def _short(exc: Exception) -> str:
