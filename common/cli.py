@@ -1,6 +1,8 @@
 """`etl`: run pipeline stages in-process and serve the API.
 
-    etl run --source a|b|c|all [--stage extract|transform|all]   JSON summary; exit 1 unless every run succeeded
+    etl run --source all                                one pass (common.orchestrator): the pass and its stages as
+                                                        JSON, a table on stderr; exit 1 unless the pass succeeded
+    etl run --source a|b|c [--stage extract|transform|all]   that source's stages; exit 1 unless every run succeeded
     etl quarantine list|replay [--source b]             inspect / re-load quarantined rows after a mapping fix
     etl serve [--port 8080] [--host 127.0.0.1]
     etl migrate                                         upgrade the store in place (also done on first use)
@@ -36,18 +38,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from common.wiring import get_wiring
 
     wiring = get_wiring()
-    runs = []
-    sources = SOURCE_NAMES if args.source == "all" else (args.source,)
+    if args.source == "all":
+        return run_one_pass(wiring, quiet=args.quiet)
+    runs = []  # one source's stages, one after the other (not a pass: no `pipeline` run, no alerts)
     if args.stage in ("extract", "all"):
-        for source in sources:
-            progress = _progress_printer() if not args.quiet and sys.stderr.isatty() else None
-            runs.append(run_extract(source, wiring, progress=progress))
-            if progress:
-                sys.stderr.write("\n")
+        progress = _progress_printer() if not args.quiet and sys.stderr.isatty() else None
+        runs.append(run_extract(args.source, wiring, progress=progress))
+        if progress:
+            sys.stderr.write("\n")
     if args.stage in ("transform", "all"):
         runs.append(run_transform(wiring))
     ok = all(run.status == "succeeded" for run in runs)
     print(json.dumps({"ok": ok, "runs": [run.to_dict() for run in runs]}, indent=2))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def run_one_pass(wiring, quiet: bool = False) -> int:
+    """Every source and transform/load as one pass, in this process."""
+    from common.invokers import InProcessInvoker
+    from common.orchestrator import describe_pass, run_pass
+
+    run = run_pass(wiring, InProcessInvoker(wiring))
+    ok = run.status == "succeeded"
+    print(json.dumps({"ok": ok, "pass": run.to_dict()}, indent=2))
+    if not quiet:
+        sys.stderr.write(describe_pass(run.to_dict()))
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -107,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.source == "all" and args.stage != "all":
+        parser.error("--source all runs a whole pass (every extract, then transform/load); "
+                     "--stage takes one source")
     try:
         return args.func(args)
     except EtlError as exc:
