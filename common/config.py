@@ -119,7 +119,7 @@ class Settings:
             transform_load_url=reader.optional_url("TRANSFORM_LOAD_URL"),
             alert_email_user=reader.text("ALERT_EMAIL_USER") or None,
             alert_email_pass=reader.text("ALERT_EMAIL_PASS") or None,
-            alert_email_to=reader.text("ALERT_EMAIL_TO"),
+            alert_email_to=reader.recipients("ALERT_EMAIL_TO"),
             alert_email_from=reader.text("ALERT_EMAIL_FROM"),
             smtp_host=reader.text("SMTP_HOST"),
             smtp_port=reader.number("SMTP_PORT", 587, int, minimum=1),
@@ -156,6 +156,14 @@ class _EnvReader:
         value = self.text(name) or default
         if not value.startswith(("http://", "https://")):
             raise ConfigError(f"{name} must be an http(s) URL, got {value[:80]!r}")
+        return value
+
+    def recipients(self, name: str) -> str:
+        value = self.text(name)
+        try:
+            parse_recipients(value)  # validated at start-up; parsed again where it is used
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         return value
 
     def optional_url(self, name: str) -> str:
@@ -251,3 +259,12 @@ def parse_field_formats(text: str) -> dict[str, dict[str, str]]:
                 raise ConfigError(f"FIELD_FORMATS {source}.{name}: {fmt!r} is not a full date: it needs a year "
                                   "(%Y or %y), a month (%m, %b or %B) and a day (%d), e.g. \"%d-%m-%y %H:%M\"")
     return value
+
+
+def parse_recipients(text: str) -> list[str]:
+    """ALERT_EMAIL_TO: comma-separated e-mail addresses."""
+    recipients = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [r for r in recipients if "@" not in r or any(c.isspace() for c in r)]
+    if bad:
+        raise ValueError(f"ALERT_EMAIL_TO must be comma-separated e-mail addresses, got {bad[0]!r}")
+    return recipients

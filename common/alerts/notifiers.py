@@ -21,7 +21,7 @@ from email.utils import formatdate, make_msgid
 from urllib.parse import urlsplit
 
 from common.alerts.redact import Redactor, redactor_for
-from common.config import Settings
+from common.config import Settings, parse_recipients
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,6 @@ class OncePerEvaluation(Notifier):
             return f"not attempted, failed earlier in this evaluation: {self.first_error}"
         self.first_error = self.inner.send(message)
         return self.first_error
-
-
-def parse_recipients(text: str) -> list[str]:
-    """ALERT_EMAIL_TO: comma-separated addresses (config may call this to reject a bad value at start-up)."""
-    recipients = [part.strip() for part in text.split(",") if part.strip()]
-    bad = [r for r in recipients if "@" not in r or any(c.isspace() for c in r)]
-    if bad:
-        raise ValueError(f"ALERT_EMAIL_TO must be comma-separated e-mail addresses, got {bad[0]!r}")
-    return recipients
 
 
 class _Bounded:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from common.alerts import EmailNotifier, WebhookNotifier, notifiers_from_settings
-from common.alerts.notifiers import parse_recipients
+from common.config import parse_recipients
 from common.alerts.redact import Redactor
 from common.config import Settings
 

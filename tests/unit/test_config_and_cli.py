@@ -93,3 +93,9 @@ def test_etl_migrate_upgrades_a_first_release_store_in_place(tmp_path, monkeypat
         ids = sorted(r[0] for r in conn.execute("SELECT source_id FROM normalized WHERE source = 'source_b'"))
     conn.close()
     assert ids == ["btc-bitcoin", "uni-uniswap"]
+
+
+def test_a_bad_alert_recipient_list_stops_start_up():
+    with pytest.raises(ConfigError, match="ALERT_EMAIL_TO"):
+        Settings.from_env({"ALERT_EMAIL_TO": "ops@example.com, nobody"})
+    assert Settings.from_env({"ALERT_EMAIL_TO": "a@x.io, b@y.io"}).alert_email_to == "a@x.io, b@y.io"
