@@ -26,8 +26,8 @@ from common.alerts.notifiers import Notifier
 from common.alerts.redact import Redactor
 from common.clock import iso_utc
 from common.config import Settings
-from common.errors import EtlError
 from common.store import Run, Store
+from common.store.state import update_state
 
 log = logging.getLogger("common.alerts")
 
@@ -150,17 +150,17 @@ def evaluate(store: Store, settings: Settings, ev: Evidence, pass_run: Run, *, n
     threshold = settings.alert_after_failures if ev.kind == "source_failing" else 1
     stale_claim_s = 60.0 + settings.alert_timeout_s * max(1, len(notifiers))
     channels = [n.name for n in notifiers]
-    for _ in range(CAS_ATTEMPTS):
-        old, version = store.get_state(key)
+    decided: dict = {}
+
+    def step(old: dict | None) -> dict | None:
         doc, transition = advance(old, ev, now=now, pass_run=pass_run, threshold=threshold,
                                   repeat_s=settings.alert_repeat_s, stale_claim_s=stale_claim_s, channels=channels)
-        if doc == old:
-            return
-        if store.cas_state(key, doc, version):
-            break
-    else:
-        raise EtlError(f"incident state {incident} kept changing under us; evaluated next pass")
-    if transition is None:
+        decided.update(changed=doc != old, transition=transition)
+        return doc if doc != old else None
+
+    doc = update_state(store, key, step, attempts=CAS_ATTEMPTS)
+    transition = decided["transition"]
+    if not decided["changed"] or transition is None:
         return
     outcome[OUTCOME_KEYS[transition]].append(incident)
     message = compose(doc, transition, now, settings.alert_repeat_s)
@@ -194,11 +194,11 @@ def evaluate(store: Store, settings: Settings, ev: Evidence, pass_run: Run, *, n
 
 def _record(store: Store, key: str, claim: str, results: dict[str, str | None]) -> None:
     """Write the delivery result against our claim; a newer claim meanwhile owns the outbox and we stay out."""
-    for _ in range(CAS_ATTEMPTS):
-        doc, version = store.get_state(key)
+
+    def record(doc: dict | None) -> dict | None:
         box = (doc or {}).get("outbox")
         if not box or box.get("claim") != claim:
-            return
+            return None
         box["delivered"] = sorted({*box["delivered"], *(c for c, e in results.items() if not e)})
         errors = {c: e for c, e in results.items() if e}
         if errors:
@@ -206,9 +206,9 @@ def _record(store: Store, key: str, claim: str, results: dict[str, str | None]) 
         else:
             doc["outbox"] = None
             doc["last_delivered"] = {"message": box["message"], "claim": claim, "channels": box["delivered"]}
-        if store.cas_state(key, doc, version):
-            return
-    raise EtlError(f"could not record the delivery of {key}; it will be retried")
+        return doc
+
+    update_state(store, key, record, attempts=CAS_ATTEMPTS)
 
 
 def _entry(stage: dict) -> dict:
