@@ -2,7 +2,7 @@
 
 import functions_framework
 
-from common.http import json_framework_errors, stage_response
+from common.api.inbound import json_framework_errors, stage_response
 from common.pipeline import run_extract
 
 json_framework_errors(functions_framework.errorhandler)  # the framework's own 404s and crashes answer JSON too

@@ -3,7 +3,7 @@
 import functions_framework
 
 from common.api.app import api_response
-from common.http import json_framework_errors
+from common.api.inbound import json_framework_errors
 
 json_framework_errors(functions_framework.errorhandler)  # the framework's own 404s and crashes answer JSON too
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import flask
 import pytest
 
-from common.http import stage_response
+from common.api.inbound import stage_response
 from tests.functions.test_handlers import client
 
 STAGES = ("extract_source_a", "extract_source_b", "extract_source_c", "transform_load")

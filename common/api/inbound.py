@@ -1,4 +1,4 @@
-"""Glue shared by the stage functions: one request in, one stage run, one JSON response out.
+"""Inbound glue for the stage functions: one request in, one stage run, one JSON response out.
 
 Whatever goes wrong — a wrong method or path, a request target over the limit, settings or a store that cannot
 be built, a bug — the answer is the shared JSON envelope (`common.api.envelope`), never functions-framework's
