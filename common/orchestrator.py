@@ -27,6 +27,8 @@ import threading
 import time
 from typing import Callable, Iterable
 
+from common.alerts import notify_after_pass
+from common.alerts.redact import redactor_for
 from common.clock import Deadline
 from common.errors import EtlError
 from common.invokers import StageInvoker, unreached
@@ -53,7 +55,8 @@ def run_pass(wiring: Wiring, invoker: StageInvoker, *, sources: Iterable[str] | 
     """Run one pass under the `pipeline` lease and return its ledger entry (never raises for expected failures).
 
     `sources` defaults to every source in the registry; `cancel` stops the pass early (recorded as failed, with
-    what it abandoned); `notify` is `common.alerts.notify_after_pass` unless a test injects another; `on_start`
+    what it abandoned); `notify` is `common.alerts.notify_after_pass` unless a test injects another (it gets the
+    pass's store view fenced by the `pipeline` lease, so a pass that lost it records no incident); `on_start`
     hears the pass's run once it holds the lease (the trigger's heartbeat names it)."""
     settings, clock = wiring.settings, wiring.clock
     names = tuple(declared(source).name for source in sources) if sources else SOURCE_NAMES
@@ -126,6 +129,9 @@ class _Pass:
             except queue.Empty:
                 keeper.keep_alive()  # LeaseLost ends the pass: another pass took over
                 continue
+            if kind == "invoking":  # everything extracted before this is in what that transform will read
+                fresh = False
+                continue
             if kind == "done":
                 self.in_flight.discard(key)
                 if key[0] == "extract":
@@ -147,6 +153,8 @@ class _Pass:
         retried_skip = False
         try:
             while True:
+                if key[0] == "transform_load":
+                    self.events.put(("invoking", key, None))
                 answer = self._invoke(key, call)
                 self.events.put(("run", key, answer))
                 status, time_left = answer.get("status"), self.deadline.remaining() > 0
@@ -242,12 +250,12 @@ def _reason(entry: dict | None) -> str:
 
 def _alerts(notify: Notify | None, keeper: LeaseKeeper, wiring: Wiring, run: Run) -> dict:
     """Tell a person if this pass calls for it; whatever happens here never changes the pass's outcome."""
+    notify = notify or notify_after_pass
     try:
-        if notify is None:
-            from common.alerts import notify_after_pass as notify
         period = parse_schedule(wiring.settings.etl_schedule).period_s
         outcome = notify(keeper.store, wiring.settings, run, clock=wiring.clock, schedule_period_s=period)
         return outcome if isinstance(outcome, dict) else {"outcome": outcome}
     except Exception as exc:  # noqa: BLE001 - alerts never fail a pass
-        log.warning("pass %s: alerts failed: %s: %s", run.run_id, type(exc).__name__, exc)
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        error = redactor_for(wiring.settings)(f"{type(exc).__name__}: {exc}")
+        log.warning("pass %s: alerts failed: %s", run.run_id, error)
+        return {"error": error}

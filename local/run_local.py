@@ -1,24 +1,39 @@
-"""`make run`: the whole stack on one machine, no Docker — every function under functions-framework on
-loopback, one pipeline run at start, then the trigger every hour until Ctrl-C.
+"""`make run`: the whole stack on one machine, no Docker — every function under functions-framework on loopback and
+the trigger (local/trigger.py) in this process: a pass at start, then one per tick of ETL_SCHEDULE until Ctrl-C.
 
-Ports: API 8080 (PORT), stage functions on the next ports. Store: the embedded SQLite file (SQLITE_PATH).
+Ports: API on --port (PORT, default 8080), the stage functions on the next ones in registry order (A 8081, B 8082,
+C 8083, transform_load 8084); `--port 0` takes any free ports. The output says which function serves where.
+Store: the embedded SQLite file (SQLITE_PATH) unless MONGODB_URI is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Iterable
 
-from local.trigger import STAGES, Endpoints, run_pipeline, wait_until_up
+import requests
+
+from common.config import Settings
+from common.errors import ConfigError
+from common.invokers import HttpInvoker
+from common.logs import configure_logging
+from common.schedule import parse_schedule
+from common.sources import STAGE_FUNCTIONS
+from common.wiring import Wiring, build_store
+from local.trigger import Trigger
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_RATES = {"a": "10/10s", "c": "6/10s"}
-FUNCTIONS = ("http_api", "extract_source_a", "extract_source_b", "extract_source_c", "transform_load")
+FUNCTIONS = ("http_api", *STAGE_FUNCTIONS)
 
 
 def start_function(name: str, host: str, port: int, env: dict[str, str]) -> subprocess.Popen:
@@ -33,13 +48,29 @@ def start_function(name: str, host: str, port: int, env: dict[str, str]) -> subp
     )
 
 
-def start_functions(host: str, base_port: int, env: dict[str, str]) -> tuple[list[subprocess.Popen], dict[str, str]]:
-    """Start every function; return the processes and their URLs."""
-    processes, urls = [], {}
-    for offset, name in enumerate(FUNCTIONS):
-        processes.append(start_function(name, host, base_port + offset, env))
-        urls[name] = f"http://{host}:{base_port + offset}"
-    return processes, urls
+def pick_ports(host: str, base: int, count: int) -> list[int]:
+    """`count` consecutive ports from `base`, or any free ones when `base` is 0."""
+    if base:
+        return list(range(base, base + count))
+    ports = []
+    for _ in range(count):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            ports.append(probe.getsockname()[1])
+    return ports
+
+
+def wait_until_up(urls: Iterable[str], stopping: threading.Event, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    for url in urls:
+        while not stopping.is_set():
+            try:
+                requests.get(url, timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} did not come up within {timeout_s:.0f}s") from None
+                stopping.wait(0.1)
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
@@ -51,46 +82,75 @@ def stop(processes: list[subprocess.Popen]) -> None:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    parser.add_argument("--every", type=float, default=3600.0, help="seconds between pipeline runs")
-    parser.add_argument("--once", action="store_true", help="run the pipeline once, then stop everything")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")),
+                        help="the API's port; the stages take the next ones (0: any free ports)")
+    parser.add_argument("--schedule", help="overrides ETL_SCHEDULE (cron, UTC, or an interval such as 30s)")
+    parser.add_argument("--once", action="store_true", help="one pass, then stop everything (exit 1 unless it "
+                                                            "succeeded)")
     parser.add_argument("--emulator", action="store_true",
                         help="serve sources A and C from the local emulator (offline demo, limits scaled to 10 s)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     env = dict(os.environ)
-    processes: list[subprocess.Popen] = []
-    if args.emulator:
-        emulator_port = args.port + 10
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "local.emulator", "--host", args.host, "--port", str(emulator_port),
-             "--rate-a", DEMO_RATES["a"], "--rate-c", DEMO_RATES["c"], "--snapshot-every", "60"], cwd=ROOT))
-        base = f"http://{args.host}:{emulator_port}"
-        env.update(SOURCE_A_URL=f"{base}/v1/tickers", SOURCE_C_URL=f"{base}/api/v3/coins/markets",
-                   SOURCE_A_RATE=DEMO_RATES["a"], SOURCE_C_RATE=DEMO_RATES["c"])
-        print(f"emulator:  {base}/v1/tickers  {base}/api/v3/coins/markets  {base}/_control/log", flush=True)
-    started, urls = start_functions(args.host, args.port, env)
-    processes += started
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.schedule:
+        env["ETL_SCHEDULE"] = args.schedule
     try:
-        wait_until_up(urls.values(), timeout_s=60)
-        endpoints = Endpoints.from_urls(urls)
-        print(f"API:       {urls['http_api']}/data   {urls['http_api']}/health", flush=True)
-        for name in STAGES:
-            print(f"stage:     POST {urls[name]}/", flush=True)
-        while True:
-            ok = run_pipeline(endpoints)
-            if args.once:
-                return 0 if ok else 1
-            print(f"next pipeline run in {args.every:.0f}s (Ctrl-C stops the stack)", flush=True)
-            time.sleep(args.every)
-    except KeyboardInterrupt:
-        return 0
+        settings = Settings.from_env(env)
+        schedule = parse_schedule(settings.etl_schedule)
+    except ConfigError as exc:
+        print(f"run_local: {exc.message}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    stopping, trigger_box = threading.Event(), []
+
+    def on_signal(number, _frame) -> None:
+        stopping.set()
+        for trigger in trigger_box:
+            trigger.stop(signal.Signals(number).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    processes: list[subprocess.Popen] = []
+    try:
+        if args.emulator:
+            emulator_port = pick_ports(args.host, args.port + 10 if args.port else 0, 1)[0]
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "local.emulator", "--host", args.host, "--port", str(emulator_port),
+                 "--rate-a", DEMO_RATES["a"], "--rate-c", DEMO_RATES["c"], "--snapshot-every", "60"], cwd=ROOT))
+            base = f"http://{args.host}:{emulator_port}"
+            env.update(SOURCE_A_URL=f"{base}/v1/tickers", SOURCE_C_URL=f"{base}/api/v3/coins/markets",
+                       SOURCE_A_RATE=DEMO_RATES["a"], SOURCE_C_RATE=DEMO_RATES["c"])
+            settings = Settings.from_env(env)
+            print(f"emulator:            {base}/v1/tickers  {base}/api/v3/coins/markets  {base}/_control/log",
+                  flush=True)
+        urls = {}
+        for name, port in zip(FUNCTIONS, pick_ports(args.host, args.port, len(FUNCTIONS))):
+            processes.append(start_function(name, args.host, port, env))
+            urls[name] = f"http://{args.host}:{port}"
+        wait_until_up(urls.values(), stopping)
+        if stopping.is_set():
+            return 0
+        print(f"{'http_api':<20} {urls['http_api']}/data   {urls['http_api']}/health", flush=True)
+        for name in STAGE_FUNCTIONS:
+            print(f"{name:<20} POST {urls[name]}/   (port {urls[name].rsplit(':', 1)[1]})", flush=True)
+        print(f"store:               {settings.store_kind}"
+              f"{'' if settings.mongodb_uri else ' ' + settings.sqlite_path}", flush=True)
+        print(f"schedule:            {schedule.expression!r} (UTC): a pass now, then one per tick; Ctrl-C stops",
+              flush=True)
+        settings = dataclasses.replace(settings, **{f"{name}_url": urls[name] for name in STAGE_FUNCTIONS})
+        wiring = Wiring(settings=settings, store=build_store(settings))
+        trigger = Trigger(wiring, HttpInvoker.from_settings(settings), schedule, run_on_start=True, out=sys.stdout)
+        trigger_box.append(trigger)
+        if stopping.is_set():
+            return 0
+        return trigger.run(max_passes=1 if args.once else None)
     finally:
         stop(processes)
 
