@@ -23,6 +23,12 @@ from datetime import date, datetime, timedelta, timezone
 
 from common.errors import ConfigError
 
+TRIGGER_HEARTBEAT_KEY = "trigger:heartbeat"
+"""Shared state the trigger writes on every tick and every few seconds (idle or running): {"at", "pid", "state":
+"idle"|"running", "pass_run_id", "next_tick"}, times ISO 8601 UTC. The API's health check reads it."""
+TRIGGER_LAST_TICK_KEY = "trigger:last_tick"
+"""The last tick a trigger claimed: {"tick" (epoch s), "at", "claimed_by", "finished", "pass_run_id", "status"}."""
+
 SEARCH_DAYS = 9 * 366
 """How far ahead a cron schedule may fire next: 9 years covers a 29 February after a skipped leap year (2100)."""
 PERIOD_FROM = date(2024, 1, 1)  # a fixed reference, so the period of a schedule is the same in every process

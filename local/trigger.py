@@ -34,15 +34,16 @@ from common.clock import iso_utc
 from common.errors import ConfigError, EtlError
 from common.invokers import HttpInvoker, InProcessInvoker, StageInvoker
 from common.orchestrator import describe_pass, run_pass
+from common.schedule import TRIGGER_HEARTBEAT_KEY as HEARTBEAT_KEY
+from common.schedule import TRIGGER_LAST_TICK_KEY as LAST_TICK_KEY
 from common.schedule import Schedule, parse_schedule
 from common.store import Run
 from common.store.state import update_state
 from common.wiring import Wiring, get_wiring
 
 log = logging.getLogger("local.trigger")
+__all__ = ["HEARTBEAT_KEY", "LAST_TICK_KEY", "Trigger", "main", "on_signals"]
 
-HEARTBEAT_KEY = "trigger:heartbeat"
-LAST_TICK_KEY = "trigger:last_tick"
 SLICE_S = 0.25  # how often a waiting trigger looks up (a stop is noticed within this)
 
 
