@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from common.errors import ConfigError
+from common.schedule import parse_schedule
 
 DEFAULT_SQLITE_PATH = "./data/etl.sqlite3"
 DEFAULT_SOURCE_B_PATH = "./data/Historical_Data.csv"
@@ -111,7 +112,7 @@ class Settings:
             max_server_wait_s=reader.number("MAX_SERVER_WAIT_S", 3600.0, float, minimum=0.0),
             source_pass_interval_s=reader.number("SOURCE_PASS_INTERVAL_S", 3600.0, float, minimum=1.0),
             quarantine_max_ratio=reader.number("QUARANTINE_MAX_RATIO", 0.5, float, minimum=0.0),
-            etl_schedule=reader.text("ETL_SCHEDULE") or "0 * * * *",
+            etl_schedule=reader.schedule("ETL_SCHEDULE", "0 * * * *"),
             pass_budget_s=reader.number("PASS_BUDGET_S", 3000.0, float, minimum=1),
             extract_source_a_url=reader.optional_url("EXTRACT_SOURCE_A_URL"),
             extract_source_b_url=reader.optional_url("EXTRACT_SOURCE_B_URL"),
@@ -156,6 +157,11 @@ class _EnvReader:
         value = self.text(name) or default
         if not value.startswith(("http://", "https://")):
             raise ConfigError(f"{name} must be an http(s) URL, got {value[:80]!r}")
+        return value
+
+    def schedule(self, name: str, default: str) -> str:
+        value = self.text(name) or default
+        parse_schedule(value)  # validated at start-up
         return value
 
     def recipients(self, name: str) -> str:

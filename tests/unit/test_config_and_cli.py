@@ -99,3 +99,9 @@ def test_a_bad_alert_recipient_list_stops_start_up():
     with pytest.raises(ConfigError, match="ALERT_EMAIL_TO"):
         Settings.from_env({"ALERT_EMAIL_TO": "ops@example.com, nobody"})
     assert Settings.from_env({"ALERT_EMAIL_TO": "a@x.io, b@y.io"}).alert_email_to == "a@x.io, b@y.io"
+
+
+@pytest.mark.parametrize("schedule", ["every hour", "61 * * * *", "0 * * *", "0s"])
+def test_a_bad_schedule_stops_start_up(schedule):
+    with pytest.raises(ConfigError, match="ETL_SCHEDULE"):
+        Settings.from_env({"ETL_SCHEDULE": schedule})
