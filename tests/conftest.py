@@ -26,6 +26,29 @@ class FakeClock:
         self.now += seconds
 
 
+class SleepingClock(FakeClock):
+    """A FakeClock whose `sleep` advances it and remembers every wait (nothing really waits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+
+
+def store_for(kind: str, settings: Settings):
+    """A fresh store of `kind`: "sqlite" (the file in `settings`) or "mongomock" (MongoStore on mongomock-ng)."""
+    if kind == "sqlite":
+        return build_store(settings)
+    import mongomock_ng
+
+    from common.store.mongo import MongoStore
+
+    return MongoStore(mongomock_ng.MongoClient(), "etl_test")
+
+
 def csv_lines(coins: int = 3, days: int = 50, seed: int = 1, first_coin: int = 0) -> list[str]:
     """Valid data lines (with SNo) for `coins` coins x `days` days, deterministic."""
     import random

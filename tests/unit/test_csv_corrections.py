@@ -17,8 +17,8 @@ from common.extract import checkpoint_name
 from common.pipeline import run_extract, run_transform
 from common.sources.csv_file import CsvFile, digest
 from common.store import DataQuery
-from common.wiring import Wiring, build_store
-from tests.conftest import FakeClock, csv_lines, write_csv
+from common.wiring import Wiring
+from tests.conftest import FakeClock, csv_lines, store_for, write_csv
 from tests.unit.test_csv_partial_line import FakeSleep, extract
 
 ROWS = 1200  # 3 coins x 400 days, ~115 KB: past the 64 KB identity prefix; 30 chunks of 40 rows
@@ -27,14 +27,7 @@ ROWS = 1200  # 3 coins x 400 days, ~115 KB: past the 64 KB identity prefix; 30 c
 @pytest.fixture(params=["sqlite", "mongomock"])
 def both(request, settings):
     """Both adapters (mongomock is slow: only where the raw-batch overwrite itself is under test)."""
-    if request.param == "sqlite":
-        store = build_store(settings)
-    else:
-        import mongomock_ng
-
-        from common.store.mongo import MongoStore
-
-        store = MongoStore(mongomock_ng.MongoClient(), "etl_test")
+    store = store_for(request.param, settings)
     yield Wiring(settings=settings, store=store)
     store.close()
 

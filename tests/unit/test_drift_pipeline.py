@@ -14,7 +14,8 @@ from common.pipeline import run_extract, run_replay, run_transform
 from common.store import DataQuery
 from common.wiring import Wiring, build_store
 from tests.conftest import csv_lines, write_csv
-from tests.unit.test_http_sources import C_URL, SleepingClock, coin
+from tests.conftest import SleepingClock
+from tests.unit.test_http_sources import C_URL, coin
 
 
 def drifted(lines: list[str]) -> list[str]:

@@ -16,20 +16,11 @@ from common.config import Settings
 from common.pipeline import run_extract, run_transform
 from common.store import DataQuery
 from common.wiring import Wiring, build_store
-from tests.conftest import FakeClock
+from tests.conftest import SleepingClock
 
 C_URL = "https://c.test/api/v3/coins/markets"
 A_URL = "https://a.test/v1/tickers"
 
-
-class SleepingClock(FakeClock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.advance(seconds)
 
 
 def coin(n: int, **extra) -> dict:

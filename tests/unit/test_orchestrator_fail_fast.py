@@ -13,19 +13,10 @@ from urllib3.exceptions import MaxRetryError, NameResolutionError
 from common.config import Settings
 from common.pipeline import run_extract
 from common.wiring import Wiring, build_store
-from tests.conftest import FakeClock
+from tests.conftest import SleepingClock
 
 C_URL = "https://c.test/api/v3/coins/markets"
 
-
-class SleepingClock(FakeClock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.advance(seconds)
 
 
 @pytest.fixture

@@ -9,21 +9,14 @@ import pytest
 
 from common.pipeline import run_extract, run_transform
 from common.store import DataQuery
-from common.wiring import Wiring, build_store
-from tests.conftest import FakeClock, csv_lines, write_csv
+from common.wiring import Wiring
+from tests.conftest import FakeClock, csv_lines, store_for, write_csv
 
 
 @pytest.fixture(params=["sqlite", "mongomock"])
 def wiring(request, settings):
     """Every flow here runs on both adapters: nothing above the store port may know which one it has."""
-    if request.param == "sqlite":
-        store = build_store(settings)
-    else:
-        import mongomock_ng
-
-        from common.store.mongo import MongoStore
-
-        store = MongoStore(mongomock_ng.MongoClient(), "etl_test")
+    store = store_for(request.param, settings)
     yield Wiring(settings=settings, store=store)
     store.close()
 

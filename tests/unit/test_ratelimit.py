@@ -8,7 +8,7 @@ from common.clock import Deadline
 from common.errors import ConfigError
 from common.sources.ratelimit import RateSpec, SourceLimiter, WindowFull, parse_rate
 from common.store.sqlite import SqliteStore
-from tests.unit.test_http_sources import SleepingClock
+from tests.conftest import SleepingClock
 
 
 @pytest.mark.parametrize("text, spec", [
