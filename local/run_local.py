@@ -45,6 +45,7 @@ def start_function(name: str, host: str, port: int, env: dict[str, str]) -> subp
         [sys.executable, "-m", "functions_framework", "--target", name,
          "--source", str(ROOT / "functions" / name / "main.py"), "--host", host, "--port", str(port)],
         cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": str(runtime_dir)},
+        start_new_session=True,  # signals come from us only, once (Ctrl-C reaches this runner, not each worker)
     )
 
 
@@ -73,16 +74,23 @@ def wait_until_up(urls: Iterable[str], stopping: threading.Event, timeout_s: flo
                 stopping.wait(0.1)
 
 
-def stop(processes: list[subprocess.Popen]) -> None:
+def stop(processes: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """Stop functions-framework processes: one SIGTERM each (gunicorn's graceful stop), then, for any that did not
+    exit in time, SIGKILL to its whole process group, so no worker outlives its master."""
     for process in processes:
         if process.poll() is None:
             process.terminate()
+    deadline = time.monotonic() + grace_s
     for process in processes:
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the group is the master and its workers
+        except ProcessLookupError:
+            pass
+        process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

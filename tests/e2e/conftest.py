@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from local.run_local import start_function
+from local.run_local import stop as stop_functions
 from tests.conftest import ROOT
 from tests.e2e.emulator_fixture import source_emulator  # noqa: F401 (fixture)
 
@@ -44,13 +45,7 @@ class Stack:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_functions(self.processes)
 
 
 def stage_env(tmp_path, **extra: str) -> dict[str, str]:

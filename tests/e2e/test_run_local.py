@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import requests
 
 from common.store.sqlite import SqliteStore
@@ -53,7 +54,7 @@ def test_offline_make_run_serves_b_within_seconds_while_a_and_c_fail_with_reason
                     SOURCE_C_URL="http://127.0.0.1:9/api/v3/coins/markets",  # discard port: refused
                     HTTP_MAX_ATTEMPTS="2", SOURCE_C_RATE="60/1m")
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "local.run_local", "--port", str(base)], cwd=ROOT, env=env,
+    process = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env={**env, "PORT": str(base)},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     api, first_rows_s = f"http://127.0.0.1:{base}", None
     try:
@@ -80,8 +81,9 @@ def test_offline_make_run_serves_b_within_seconds_while_a_and_c_fail_with_reason
         assert "source_c: cannot connect" in reasons["source_c"]
         store.close()
     finally:
+        time.sleep(6)  # idle a while first, as a person would before Ctrl-C (keep-alive connections time out)
         stop_started = time.monotonic()
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
         try:
             output = process.communicate(timeout=30)[0]
         except subprocess.TimeoutExpired:
@@ -94,3 +96,6 @@ def test_offline_make_run_serves_b_within_seconds_while_a_and_c_fail_with_reason
                                                   "extract_source_c", "transform_load")):
         assert f"{port}" in output and name in output  # which stage serves on which port
     assert stop_s < 15
+    leftovers = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+                 if any(f"--port {port}" in " ".join(p.info["cmdline"] or []) for port in range(base, base + 5))]
+    assert leftovers == [], "a function process (a gunicorn worker) outlived `make run`"
