@@ -68,6 +68,11 @@ class Settings:
     alert_repeat_s: float = 4 * 3600.0
     alert_quarantine_ratio: float = 0.1
     alert_timeout_s: float = 10.0
+    # --- the API's POST /refresh ---
+    jwt_secret: str | None = field(default=None, repr=False)  # unset: refresh disabled (503), never a default
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    refresh_min_s: float = 60.0
 
     def aliases_for(self, source: str) -> dict[str, list[str]]:
         return parse_field_aliases(self.field_aliases).get(source, {})
@@ -130,6 +135,10 @@ class Settings:
             alert_repeat_s=reader.number("ALERT_REPEAT_S", 4 * 3600.0, float, minimum=1),
             alert_quarantine_ratio=reader.number("ALERT_QUARANTINE_RATIO", 0.1, float, minimum=0.0),
             alert_timeout_s=reader.number("ALERT_TIMEOUT_S", 10.0, float, minimum=0.1),
+            jwt_secret=reader.secret("JWT_SECRET", min_bytes=32),
+            jwt_audience=reader.text("JWT_AUDIENCE"),
+            jwt_issuer=reader.text("JWT_ISSUER"),
+            refresh_min_s=reader.number("REFRESH_MIN_S", 60.0, float, minimum=0.0),
         )
         if settings.source_c_per_page > 250:
             raise ConfigError(f"SOURCE_C_PER_PAGE must be between 1 and 250, got {settings.source_c_per_page}")
@@ -162,6 +171,15 @@ class _EnvReader:
     def schedule(self, name: str, default: str) -> str:
         value = self.text(name) or default
         parse_schedule(value)  # validated at start-up
+        return value
+
+    def secret(self, name: str, *, min_bytes: int) -> str | None:
+        value = self.env.get(name, "")
+        if not value:
+            return None
+        if len(value.encode()) < min_bytes:
+            raise ConfigError(f"{name} must be at least {min_bytes} bytes (HS256 needs a key as long as its hash); "
+                              "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'")
         return value
 
     def recipients(self, name: str) -> str:

@@ -105,3 +105,12 @@ def test_a_bad_alert_recipient_list_stops_start_up():
 def test_a_bad_schedule_stops_start_up(schedule):
     with pytest.raises(ConfigError, match="ETL_SCHEDULE"):
         Settings.from_env({"ETL_SCHEDULE": schedule})
+
+
+def test_a_short_jwt_secret_stops_start_up_and_names_no_value():
+    with pytest.raises(ConfigError, match="JWT_SECRET must be at least 32 bytes") as raised:
+        Settings.from_env({"JWT_SECRET": "too-short-secret"})
+    assert "too-short-secret" not in raised.value.message
+    settings = Settings.from_env({"JWT_SECRET": "x" * 32})
+    assert settings.jwt_secret == "x" * 32 and "x" * 32 not in repr(settings)
+    assert Settings.from_env({}).jwt_secret is None  # unset: refresh is disabled, never a default secret
