@@ -72,6 +72,8 @@ def create_app(wiring: Wiring) -> flask.Flask:
             },
         }
 
+    # <refresh blueprint>
+    # <observability blueprints>
     return app
 
 
