@@ -14,6 +14,7 @@ from common.api.envelope import (any_error_response, etl_error_response, http_er
                                  unexpected_error_response)
 from common.api.limits import check_target
 from common.api.params import parse_data_query, single_values
+from common.api.runs import runs_blueprint
 from common.api.trace import LastRunId
 from common.config import Settings
 from common.errors import EtlError, StoreError
@@ -73,6 +74,7 @@ def create_app(wiring: Wiring) -> flask.Flask:
         }
 
     # <refresh blueprint>
+    app.register_blueprint(runs_blueprint(store))
     # <observability blueprints>
     return app
 

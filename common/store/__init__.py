@@ -220,8 +220,9 @@ class RunLedger(ABC):
 
     @abstractmethod
     def list_runs(self, stage: str | None = None, source: str | None = None, limit: int = 50,
-                  status: str | None = None) -> list[Run]:
-        """Newest first; `source=None` matches any source."""
+                  status: str | None = None, before: tuple[str, str] | None = None) -> list[Run]:
+        """Newest first (started_at, then run_id); `source=None` matches any source. `before`: the
+        (started_at, run_id) of the last run of the previous page (keyset paging: only runs strictly after it)."""
 
     @abstractmethod
     def running_runs(self, stage: str, source: str | None) -> list[Run]:
@@ -230,6 +231,14 @@ class RunLedger(ABC):
     @abstractmethod
     def last_run(self, statuses: Sequence[str], stage: str | None = None) -> Run | None:
         """The newest run (by start time) whose status is in `statuses`."""
+
+    @abstractmethod
+    def count_runs(self, since: str | None = None) -> dict[tuple[str, str | None, str], int]:
+        """How many runs per (stage, source, status), among those started at or after `since` (ISO 8601; None: all)."""
+
+    @abstractmethod
+    def latest_runs(self, statuses: Sequence[str]) -> list[Run]:
+        """For every (stage, source), its newest run (by start time, then run_id) whose status is in `statuses`."""
 
 
 class Store(LeaseStore, SharedState, BatchStore, RecordStore, QuarantineStore, RunLedger):

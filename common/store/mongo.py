@@ -454,10 +454,29 @@ class MongoStore(Store):
 
     @_translated
     def list_runs(self, stage: str | None = None, source: str | None = None, limit: int = 50,
-                  status: str | None = None) -> list[Run]:
+                  status: str | None = None, before: tuple[str, str] | None = None) -> list[Run]:
         where = {name: value for name, value in (("stage", stage), ("source", source), ("status", status))
                  if value is not None}
+        if before:
+            where["$or"] = [{"started_at": {"$lt": before[0]}}, {"started_at": before[0], "_id": {"$lt": before[1]}}]
         return self._runs(where, limit)
+
+    @_translated
+    def count_runs(self, since: str | None = None) -> dict[tuple[str, str | None, str], int]:
+        pipeline = [*([{"$match": {"started_at": {"$gte": since}}}] if since else []),
+                    {"$group": {"_id": {"stage": "$stage", "source": "$source", "status": "$status"},
+                                "count": {"$sum": 1}}}]
+        return {(d["_id"]["stage"], d["_id"].get("source"), d["_id"]["status"]): d["count"]
+                for d in self._database().runs.aggregate(pipeline)}
+
+    @_translated
+    def latest_runs(self, statuses: Sequence[str]) -> list[Run]:
+        docs = self._database().runs.aggregate([
+            {"$match": {"status": {"$in": list(statuses)}}},
+            {"$sort": {"started_at": DESCENDING, "_id": DESCENDING}},
+            {"$group": {"_id": {"stage": "$stage", "source": "$source"}, "doc": {"$first": "$doc"}}},
+        ])
+        return [Run(**json.loads(d["doc"])) for d in docs]
 
     @_translated
     def running_runs(self, stage: str, source: str | None) -> list[Run]:

@@ -325,8 +325,10 @@ class SqliteStore(Store):
         return Run(**json.loads(rows[0][0])) if rows else None
 
     def list_runs(self, stage: str | None = None, source: str | None = None, limit: int = 50,
-                  status: str | None = None) -> list[Run]:
-        where, params = _where({"stage": stage, "source": source, "status": status})
+                  status: str | None = None, before: tuple[str, str] | None = None) -> list[Run]:
+        where, params = _where({"stage": stage, "source": source, "status": status},
+                               *(["(started_at, run_id) < (?, ?)"] if before else []))
+        params = [*before, *params] if before else params
         rows = self._read(f"SELECT doc FROM runs {where} ORDER BY started_at DESC, run_id DESC LIMIT ?", (*params, limit))
         return [Run(**json.loads(r[0])) for r in rows]
 
@@ -340,6 +342,19 @@ class SqliteStore(Store):
         rows = self._read(f"SELECT doc FROM runs {where} ORDER BY started_at DESC, run_id DESC LIMIT 1",
                           [*statuses, *params])
         return Run(**json.loads(rows[0][0])) if rows else None
+
+    def count_runs(self, since: str | None = None) -> dict[tuple[str, str | None, str], int]:
+        where, params = ("WHERE started_at >= ?", [since]) if since else ("", [])
+        rows = self._read(f"SELECT stage, source, status, COUNT(*) FROM runs {where} GROUP BY stage, source, status",
+                          params)
+        return {(stage, source, status): count for stage, source, status, count in rows}
+
+    def latest_runs(self, statuses: Sequence[str]) -> list[Run]:
+        rows = self._read(
+            "SELECT doc FROM (SELECT doc, ROW_NUMBER() OVER (PARTITION BY stage, source "
+            "ORDER BY started_at DESC, run_id DESC) AS newest FROM runs "
+            f"WHERE status IN ({', '.join('?' * len(statuses))})) WHERE newest = 1", list(statuses))
+        return [Run(**json.loads(r[0])) for r in rows]
 
 
 def _where(equal: dict[str, object], *conditions: str) -> tuple[str, list]:

@@ -813,6 +813,55 @@ class LedgerContract(ContractBase):
         assert store.last_run(["partial"]) is None
         assert store.last_run(["succeeded"], stage="load") is None
 
+    def test_list_runs_pages_by_keyset_without_gaps_or_repeats(self, store):
+        for index in range(7):  # two runs share each start time: run_id breaks the tie
+            store.save_run(run(f"r{index}", "extract", "a" if index % 3 else "b",
+                               status="failed" if index == 4 else "succeeded",
+                               started_at=f"2026-01-01T00:0{index // 2}:00.000Z"))
+        every = [r.run_id for r in store.list_runs(limit=100)]
+        assert every == ["r6", "r5", "r4", "r3", "r2", "r1", "r0"]
+        seen, before = [], None
+        while True:
+            page = store.list_runs(limit=3, before=before)
+            seen += [r.run_id for r in page]
+            if len(page) < 3:
+                break
+            before = (page[-1].started_at, page[-1].run_id)
+        assert seen == every
+        last = store.list_runs(limit=100)[2]
+        assert [r.run_id for r in store.list_runs(source="a", before=(last.started_at, last.run_id))] == ["r2", "r1"]
+        assert [r.run_id for r in store.list_runs(status="failed", before=("2026-01-01T00:02:00.000Z", "r5"))] == ["r4"]
+
+    def test_count_runs_by_stage_source_and_status_since(self, store):
+        for entry in (
+            run("r1", "extract", "a", status="succeeded", started_at="2026-01-01T00:00:00.000Z"),
+            run("r2", "extract", "a", status="failed", started_at="2026-01-02T00:00:00.000Z"),
+            run("r3", "extract", "a", status="failed", started_at="2026-01-03T00:00:00.000Z"),
+            run("r4", "transform_load", None, status="succeeded", started_at="2026-01-03T00:00:00.000Z"),
+        ):
+            store.save_run(entry)
+        assert store.count_runs() == {("extract", "a", "succeeded"): 1, ("extract", "a", "failed"): 2,
+                                      ("transform_load", None, "succeeded"): 1}
+        assert store.count_runs(since="2026-01-02T12:00:00.000Z") == {("extract", "a", "failed"): 1,
+                                                                     ("transform_load", None, "succeeded"): 1}
+        assert store.count_runs(since="2027-01-01T00:00:00.000Z") == {}
+
+    def test_latest_runs_is_the_newest_matching_run_of_each_stage_and_source(self, store):
+        for entry in (
+            run("r1", "extract", "a", status="succeeded", started_at="2026-01-01T00:00:00.000Z"),
+            run("r2", "extract", "a", status="partial", started_at="2026-01-02T00:00:00.000Z"),
+            run("r3", "extract", "a", status="failed", started_at="2026-01-03T00:00:00.000Z"),
+            run("r4", "extract", "b", status="succeeded", started_at="2026-01-01T00:00:00.000Z"),
+            run("r5", "extract", "b", status="succeeded", started_at="2026-01-01T00:00:00.000Z"),
+            run("r6", "transform_load", None, status="succeeded", started_at="2026-01-01T00:00:00.000Z"),
+            run("r7", "extract", "c", status="failed", started_at="2026-01-01T00:00:00.000Z"),
+        ):
+            store.save_run(entry)
+        got = {(r.stage, r.source): r.run_id for r in store.latest_runs(["succeeded", "partial"])}
+        assert got == {("extract", "a"): "r2", ("extract", "b"): "r5", ("transform_load", None): "r6"}
+        assert {r.run_id for r in store.latest_runs(["succeeded"])} == {"r1", "r5", "r6"}
+        assert store.latest_runs(["skipped"]) == []
+
 
 class UpgradeContract(ContractBase):
     """Schema upgrades in place: a store written by an older version opens and is upgraded."""
