@@ -6,6 +6,7 @@
     etl quarantine list|replay [--source b]             inspect / re-load quarantined rows after a mapping fix
     etl serve [--port 8080] [--host 127.0.0.1]
     etl migrate                                         upgrade the store in place (also done on first use)
+    etl token [--ttl 3600] [--sub NAME]                 mint a bearer token for POST /refresh (needs JWT_SECRET)
 """
 
 from __future__ import annotations
@@ -90,6 +91,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print one HS256 token on stdout (nothing else, so `$(etl token)` works); the secret is never printed."""
+    import time
+
+    from common.api.auth import mint_token
+    from common.config import Settings
+
+    print(mint_token(Settings.from_env(), args.ttl, args.sub, time.time()))
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from common.api.server import serve
 
@@ -113,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.set_defaults(func=cmd_quarantine)
     migrate = sub.add_parser("migrate", help="upgrade a store written by an older version, in place")
     migrate.set_defaults(func=cmd_migrate)
+    token = sub.add_parser("token", help="mint a bearer token for POST /refresh, signed with JWT_SECRET")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires")
+    token.add_argument("--sub", default="operator", help="who the token is for (the subject claim)")
+    token.set_defaults(func=cmd_token)
     serve = sub.add_parser("serve", help="serve the REST API")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")
