@@ -12,8 +12,9 @@ from werkzeug.wrappers import Response
 
 from common.api.envelope import (any_error_response, etl_error_response, http_error_response, request_id_of,
                                  unexpected_error_response)
+from common.api.health import health_blueprint
 from common.api.limits import check_target
-from common.api.params import parse_data_query, single_values
+from common.api.params import parse_data_query
 from common.api.refresh import refresh_blueprint
 from common.api.runs import runs_blueprint
 from common.api.trace import LastRunId
@@ -56,12 +57,6 @@ def create_app(wiring: Wiring) -> flask.Flask:
     def unexpected(error: Exception):
         return unexpected_error_response(error, _request_id())
 
-    @app.get("/health")
-    def health():
-        single_values(flask.request.args, ())
-        store.ping()
-        return {"status": "ok", "store": wiring.settings.store_kind}
-
     @app.get("/data")
     def data():
         query = parse_data_query(flask.request.args)
@@ -76,6 +71,7 @@ def create_app(wiring: Wiring) -> flask.Flask:
 
     app.register_blueprint(refresh_blueprint(wiring))
     app.register_blueprint(runs_blueprint(store))
+    app.register_blueprint(health_blueprint(store, wiring.clock, wiring.settings.etl_schedule))
     # <observability blueprints>
     return app
 
