@@ -14,6 +14,7 @@ from common.api.envelope import (any_error_response, etl_error_response, http_er
                                  unexpected_error_response)
 from common.api.health import health_blueprint
 from common.api.limits import check_target
+from common.api.metrics import metrics_blueprint
 from common.api.params import parse_data_query
 from common.api.refresh import refresh_blueprint
 from common.api.runs import runs_blueprint
@@ -72,6 +73,7 @@ def create_app(wiring: Wiring) -> flask.Flask:
     app.register_blueprint(refresh_blueprint(wiring))
     app.register_blueprint(runs_blueprint(store))
     app.register_blueprint(health_blueprint(store, wiring.clock, wiring.settings.etl_schedule))
+    app.register_blueprint(metrics_blueprint(store))
     # <observability blueprints>
     return app
 
