@@ -18,6 +18,7 @@ from common.api.metrics import metrics_blueprint
 from common.api.params import parse_data_query
 from common.api.refresh import refresh_blueprint
 from common.api.runs import runs_blueprint
+from common.api.stats import stats_blueprint
 from common.api.trace import LastRunId
 from common.config import Settings
 from common.errors import EtlError, StoreError
@@ -74,6 +75,7 @@ def create_app(wiring: Wiring) -> flask.Flask:
     app.register_blueprint(runs_blueprint(store))
     app.register_blueprint(health_blueprint(store, wiring.clock, wiring.settings.etl_schedule))
     app.register_blueprint(metrics_blueprint(store))
+    app.register_blueprint(stats_blueprint(store, wiring.clock))
     # <observability blueprints>
     return app
 
