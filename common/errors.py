@@ -3,6 +3,8 @@
     EtlError                      base; .retryable, .http_status, .context
     ├── ConfigError               bad or missing environment settings (500, fatal)
     ├── InputError                a caller sent something invalid (400, fatal)
+    ├── Unauthorized              no usable bearer token (401, fatal; .error is the RFC 6750 code)
+    ├── RefreshDisabled           POST /refresh without a JWT_SECRET configured (503, fatal)
     ├── MethodNotAllowed          wrong HTTP method for an endpoint (405, fatal)
     ├── LeaseLost                 our stage lease expired and was taken over (409, stop: the new owner goes on)
     ├── BudgetExhausted           the invocation deadline is near: checkpoint and return `partial` (200)
@@ -42,6 +44,26 @@ class InputError(EtlError):
 
     http_status = 400
     code = "invalid_input"
+
+
+class Unauthorized(EtlError):
+    """No usable bearer token; `error` is the RFC 6750 error code, None when no token was sent at all."""
+
+    http_status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, error: str | None = "invalid_token") -> None:
+        super().__init__(message)
+        self.error = error
+        if error:
+            self.code = error
+
+
+class RefreshDisabled(EtlError):
+    """JWT_SECRET is not set: nobody can be authenticated, so refresh is off, never a default secret."""
+
+    http_status = 503
+    code = "refresh_disabled"
 
 
 class MethodNotAllowed(EtlError):

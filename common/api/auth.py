@@ -14,7 +14,7 @@ import uuid
 import jwt
 
 from common.config import Settings
-from common.errors import ConfigError, EtlError, InputError
+from common.errors import ConfigError, InputError, RefreshDisabled, Unauthorized
 
 ALGORITHM = "HS256"
 REALM = "etl-api"
@@ -31,30 +31,11 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (  # most specific first
 )
 
 
-class Unauthorized(EtlError):
-    """No usable bearer token (401); `error` is the RFC 6750 error code, None when no token was sent at all."""
-
-    http_status = 401
-    code = "unauthorized"
-
-    def __init__(self, message: str, error: str | None = "invalid_token") -> None:
-        super().__init__(message)
-        self.error = error
-        if error:
-            self.code = error
-
-    def challenge(self) -> str:
-        """The WWW-Authenticate value: built from fixed text only (the message never carries token content)."""
-        if not self.error:
-            return f'Bearer realm="{REALM}"'
-        return f'Bearer realm="{REALM}", error="{self.error}", error_description="{self.message}"'
-
-
-class RefreshDisabled(EtlError):
-    """JWT_SECRET is not set: nobody can be authenticated, so refresh is off (503), never a default secret."""
-
-    http_status = 503
-    code = "refresh_disabled"
+def challenge(error: Unauthorized) -> str:
+    """The WWW-Authenticate value: built from fixed text only (the message never carries token content)."""
+    if not error.error:
+        return f'Bearer realm="{REALM}"'
+    return f'Bearer realm="{REALM}", error="{error.error}", error_description="{error.message}"'
 
 
 def require_secret(settings: Settings) -> bytes:

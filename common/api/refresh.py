@@ -23,10 +23,11 @@ from typing import Callable
 
 import flask
 
-from common.api.auth import RefreshDisabled, Unauthorized, verify_bearer
+from common.api.auth import challenge, verify_bearer
 from common.api.envelope import json_error, request_id_of
 from common.clock import Deadline
 from common.config import Settings
+from common.errors import RefreshDisabled, Unauthorized
 from common.invokers import InProcessInvoker, StageInvoker
 from common.orchestrator import run_pass
 from common.store import Run, Store
@@ -50,7 +51,7 @@ def refresh_blueprint(wiring: Wiring, invoker_for: InvokerFor = InProcessInvoker
             claims = verify_bearer(flask.request.headers.get("Authorization"), wiring.settings)
         except Unauthorized as exc:
             response = json_error(401, exc.code, exc.message, request_id)
-            response.headers["WWW-Authenticate"] = exc.challenge()
+            response.headers["WWW-Authenticate"] = challenge(exc)
             return response
         except RefreshDisabled as exc:
             return json_error(503, exc.code, exc.message, request_id)
