@@ -7,8 +7,9 @@ every scrape by a custom collector (`EtlCollector`), so they are the same whiche
 store does not answer, the scrape still succeeds with `etl_store_up 0` and the request metrics (one store call:
 the first failure ends the read).
 
-`etl_runs_total` counts ledger entries: monotonic as long as runs are not pruned from the ledger (nothing prunes
-them today). `etl_last_extract_*` come from each source's newest finished extract run summary (`summary.http`):
+`etl_runs_total` counts runs by final status from counts the store keeps as runs are written (schema version 4),
+so it stays monotonic even if old runs are pruned from the ledger; runs still `running` are the gauge
+`etl_runs_running`. `etl_last_extract_*` come from each source's newest finished extract run summary (`summary.http`):
 the last run's upstream answers, not a running total.
 """
 
@@ -63,9 +64,13 @@ class EtlCollector(Collector):
 
     def _read(self) -> list:
         store = self.store
-        runs = CounterMetricFamily("etl_runs", "Runs recorded in the ledger", labels=["stage", "source", "status"])
+        runs = CounterMetricFamily("etl_runs", "Runs ended, by final status", labels=["stage", "source", "status"])
+        running = GaugeMetricFamily("etl_runs_running", "Runs recorded as running", labels=["stage", "source"])
         for (stage, source, status), count in sorted(store.count_runs().items(), key=str):
-            runs.add_metric([stage, source or "", status], count)
+            if status == "running":  # not final: it goes down again, so it is no counter
+                running.add_metric([stage, source or ""], count)
+            else:
+                runs.add_metric([stage, source or "", status], count)
         last = GaugeMetricFamily("etl_last_success_timestamp_seconds",
                                  "End of the newest succeeded or partial run (Unix time)", labels=["stage", "source"])
         for run in store.latest_runs(GOOD):
@@ -99,7 +104,7 @@ class EtlCollector(Collector):
                     responses.add_metric([run.source or "", str(status)], count)
                 for cause, seconds in sorted((http.get("waited_s") or {}).items()):
                     waits.add_metric([run.source or "", cause], seconds)
-        return [runs, last, records, pending, quarantine, heartbeat, responses, waits]
+        return [runs, running, last, records, pending, quarantine, heartbeat, responses, waits]
 
 
 def metrics_blueprint(store: Store) -> flask.Blueprint:

@@ -20,8 +20,9 @@ NORMALIZED_FIELDS: tuple[str, ...] = (
 FIRST_SEEN_FIELDS = frozenset({"ingested_at", "run_id"})
 """Kept from the first write of a record; every other field is overwritten by later writes."""
 
-SCHEMA_VERSION = 3
-"""1: the first release; 2: lease epochs (fencing); 3: CSV records keyed by symbol + name, fixed-width timestamps."""
+SCHEMA_VERSION = 4
+"""1: the first release; 2: lease epochs (fencing); 3: CSV records keyed by symbol + name, fixed-width timestamps;
+4: run counts per (stage, source, status) kept as runs are written, runs indexed by (stage, source, status, start)."""
 
 SORTABLE_FIELDS = ("observed_at", "symbol", "price_usd", "market_cap_usd", "volume_24h_usd", "ingested_at")
 RUN_STATUSES = ("running", "succeeded", "partial", "failed", "skipped")
@@ -234,7 +235,8 @@ class RunLedger(ABC):
 
     @abstractmethod
     def count_runs(self, since: str | None = None) -> dict[tuple[str, str | None, str], int]:
-        """How many runs per (stage, source, status), among those started at or after `since` (ISO 8601; None: all)."""
+        """How many runs per (stage, source, status), among those started at or after `since` (ISO 8601; None: all,
+        read from counts kept as runs are written, so it costs the same however long the ledger)."""
 
     @abstractmethod
     def latest_runs(self, statuses: Sequence[str]) -> list[Run]:

@@ -26,7 +26,7 @@ from common.store import (
 )
 from common.store.mongo_schema import KEY_FIELDS as _KEY_FIELDS
 from common.store.mongo_schema import VALUE_FIELDS as _VALUE_FIELDS
-from common.store.mongo_schema import ensure_indexes, migrate
+from common.store.mongo_schema import ensure_indexes, migrate, run_count_id
 
 DEFAULT_DB_NAME = "etl_db"
 _REAL_FIELDS = frozenset({"price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd"})
@@ -440,12 +440,24 @@ class MongoStore(Store):
 
         def write(db, session) -> bool:
             try:  # a final status is written once: only a `running` entry (or none) may be replaced
-                db.runs.replace_one({"_id": run.run_id, "status": "running"}, fields, upsert=True, session=session)
+                result = db.runs.replace_one({"_id": run.run_id, "status": "running"}, fields, upsert=True,
+                                             session=session)
             except DuplicateKeyError:
                 return False
+            if result.upserted_id is None and run.status != "running":  # replaced: it was running
+                self._count_run(db, session, run, "running", -1)
+            if result.upserted_id is not None or run.status != "running":
+                self._count_run(db, session, run, run.status, 1)
             return True
 
         return self._fenced(fence, write)
+
+    @staticmethod
+    def _count_run(db, session, run: Run, status: str, change: int) -> None:
+        db.run_counts.update_one(
+            {"_id": run_count_id(run.stage, run.source, status)},
+            {"$inc": {"count": change}, "$setOnInsert": {"stage": run.stage, "source": run.source, "status": status}},
+            upsert=True, session=session)
 
     @_translated
     def get_run(self, run_id: str) -> Run | None:
@@ -463,6 +475,9 @@ class MongoStore(Store):
 
     @_translated
     def count_runs(self, since: str | None = None) -> dict[tuple[str, str | None, str], int]:
+        if not since:
+            return {(d["stage"], d.get("source"), d["status"]): d["count"]
+                    for d in self._database().run_counts.find({"count": {"$gt": 0}})}
         pipeline = [*([{"$match": {"started_at": {"$gte": since}}}] if since else []),
                     {"$group": {"_id": {"stage": "$stage", "source": "$source", "status": "$status"},
                                 "count": {"$sum": 1}}}]
@@ -471,12 +486,16 @@ class MongoStore(Store):
 
     @_translated
     def latest_runs(self, statuses: Sequence[str]) -> list[Run]:
-        docs = self._database().runs.aggregate([
-            {"$match": {"status": {"$in": list(statuses)}}},
-            {"$sort": {"started_at": DESCENDING, "_id": DESCENDING}},
-            {"$group": {"_id": {"stage": "$stage", "source": "$source"}, "doc": {"$first": "$doc"}}},
-        ])
-        return [Run(**json.loads(d["doc"])) for d in docs]
+        """One index seek per (stage, source) and status: the kinds of run come from run_counts."""
+        db, newest = self._database(), []
+        kinds = {(d["stage"], d.get("source")) for d in db.run_counts.find({"count": {"$gt": 0}})}
+        for stage, source in sorted(kinds, key=str):
+            found = [doc for status in statuses for doc in db.runs.find(
+                {"stage": stage, "source": source, "status": status}, {"doc": 1, "started_at": 1})
+                .sort([("started_at", DESCENDING), ("_id", DESCENDING)]).limit(1)]
+            if found:
+                newest.append(Run(**json.loads(max(found, key=lambda d: (d["started_at"], d["_id"]))["doc"])))
+        return newest
 
     @_translated
     def running_runs(self, stage: str, source: str | None) -> list[Run]:

@@ -21,6 +21,7 @@ _INDEXES = (  # (collection, keys, unique); created idempotently on first use
     ("runs", ("stage", "started_at"), False),
     ("runs", ("started_at",), False),
     ("runs", ("status", "stage", "source"), False),
+    ("runs", ("stage", "source", "status", "started_at"), False),
 )
 MIGRATION_BATCH = 1000
 
@@ -41,9 +42,27 @@ def migrate(db, fresh: bool) -> int:
         # transform the CSV's batches once more: rows two coins with one ticker had collapsed into one come back
         db.raw_batches.update_many({"status": "done", "source": {"$in": sorted(CSV_SOURCES)}},
                                    {"$set": {"status": "pending"}, "$inc": {"version": 1}})
+    if found < 4:  # version 4: run counts kept as runs are written; set (not added) here, so a rerun is harmless
+        count_runs(db)
     if found < SCHEMA_VERSION or not meta:
         db.meta.update_one({"_id": "schema"}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True)
     return found
+
+
+def run_count_id(stage: str, source: str | None, status: str) -> str:
+    return f"{stage}|{source or ''}|{status}"
+
+
+def count_runs(db) -> None:
+    """The run_counts documents of the runs stored so far."""
+    groups = db.runs.aggregate([{"$group": {"_id": {"stage": "$stage", "source": "$source", "status": "$status"},
+                                            "count": {"$sum": 1}}}])
+    for group in groups:
+        key = group["_id"]
+        db.run_counts.update_one(
+            {"_id": run_count_id(key["stage"], key.get("source"), key["status"])},
+            {"$set": {"stage": key["stage"], "source": key.get("source"), "status": key["status"],
+                      "count": group["count"]}}, upsert=True)
 
 
 def _rekey_records(db) -> None:

@@ -311,7 +311,8 @@ class SqliteStore(Store):
     # --- run ledger ------------------------------------------------------------------------------------------------
     def save_run(self, run: Run, fence: Fence | None = None) -> bool:
         with self._write(fence) as conn:
-            return conn.execute(
+            before = conn.execute("SELECT stage, source, status FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
+            written = conn.execute(
                 "INSERT INTO runs (run_id, stage, source, status, started_at, finished_at, doc) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET stage = excluded.stage, "
                 "source = excluded.source, status = excluded.status, started_at = excluded.started_at, "
@@ -319,6 +320,14 @@ class SqliteStore(Store):
                 (run.run_id, run.stage, run.source, run.status, run.started_at, run.finished_at,
                  json.dumps(run.to_dict())),
             ).rowcount == 1
+            if written and (before is None or before != (run.stage, run.source, run.status)):
+                if before is not None:
+                    conn.execute("UPDATE run_counts SET count = count - 1 WHERE stage = ? AND source = ? AND status = ?",
+                                 (before[0], before[1] or "", before[2]))
+                conn.execute("INSERT INTO run_counts (stage, source, status, count) VALUES (?, ?, ?, 1) "
+                             "ON CONFLICT (stage, source, status) DO UPDATE SET count = count + 1",
+                             (run.stage, run.source or "", run.status))
+            return written
 
     def get_run(self, run_id: str) -> Run | None:
         rows = self._read("SELECT doc FROM runs WHERE run_id = ?", (run_id,))
@@ -344,17 +353,23 @@ class SqliteStore(Store):
         return Run(**json.loads(rows[0][0])) if rows else None
 
     def count_runs(self, since: str | None = None) -> dict[tuple[str, str | None, str], int]:
-        where, params = ("WHERE started_at >= ?", [since]) if since else ("", [])
-        rows = self._read(f"SELECT stage, source, status, COUNT(*) FROM runs {where} GROUP BY stage, source, status",
-                          params)
+        if since:
+            rows = self._read("SELECT stage, source, status, COUNT(*) FROM runs WHERE started_at >= ? "
+                              "GROUP BY stage, source, status", [since])
+        else:
+            rows = self._read("SELECT stage, NULLIF(source, ''), status, count FROM run_counts WHERE count > 0")
         return {(stage, source, status): count for stage, source, status, count in rows}
 
     def latest_runs(self, statuses: Sequence[str]) -> list[Run]:
-        rows = self._read(
-            "SELECT doc FROM (SELECT doc, ROW_NUMBER() OVER (PARTITION BY stage, source "
-            "ORDER BY started_at DESC, run_id DESC) AS newest FROM runs "
-            f"WHERE status IN ({', '.join('?' * len(statuses))})) WHERE newest = 1", list(statuses))
-        return [Run(**json.loads(r[0])) for r in rows]
+        """One index seek per (stage, source) and status: the kinds of run come from run_counts."""
+        newest = []
+        for stage, source in self._read("SELECT DISTINCT stage, NULLIF(source, '') FROM run_counts WHERE count > 0"):
+            found = [row for status in statuses for row in self._read(
+                "SELECT started_at, run_id, doc FROM runs WHERE stage = ? AND source IS ? AND status = ? "
+                "ORDER BY started_at DESC, run_id DESC LIMIT 1", (stage, source, status))]
+            if found:
+                newest.append(Run(**json.loads(max(found)[2])))
+        return newest
 
 
 def _where(equal: dict[str, object], *conditions: str) -> tuple[str, list]:

@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TEXT, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS runs_stage_started ON runs (stage, started_at);
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
+CREATE INDEX IF NOT EXISTS runs_latest ON runs (stage, source, status, started_at, run_id);
+CREATE TABLE IF NOT EXISTS run_counts (
+    stage TEXT NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (stage, source, status)) WITHOUT ROWID;
 """
 
 _NORMALIZED_TABLE = """
@@ -69,6 +73,10 @@ MIGRATIONS = {  # version -> statements that bring version - 1 up to it, in one 
         # transform the CSV's batches once more: rows two coins with one ticker had collapsed into one come back
         "UPDATE raw_batches SET status = 'pending', version = version + 1 "
         "WHERE status = 'done' AND source IN (SELECT value FROM json_each(etl_csv_sources()))"),
+    # run_counts and runs_latest are in SCHEMA (created empty on open); the counts of the runs already there:
+    4: ("INSERT INTO run_counts (stage, source, status, count) SELECT stage, COALESCE(source, ''), status, COUNT(*) "
+        "FROM runs WHERE true GROUP BY stage, COALESCE(source, ''), status "
+        "ON CONFLICT (stage, source, status) DO UPDATE SET count = excluded.count",),
 }
 
 

@@ -846,6 +846,16 @@ class LedgerContract(ContractBase):
                                                                      ("transform_load", None, "succeeded"): 1}
         assert store.count_runs(since="2027-01-01T00:00:00.000Z") == {}
 
+    def test_count_runs_follows_each_run_to_its_one_final_status(self, store):
+        store.save_run(run("r1", status="running"))
+        store.save_run(run("r1", status="running", rows_in=3))  # progress saved: still one running run
+        assert store.count_runs() == {("extract", "a", "running"): 1}
+        store.save_run(run("r1", status="succeeded"))
+        assert not store.save_run(run("r1", status="failed"))  # a final status is written once: not counted
+        store.save_run(run("r2", "transform_load", None, status="failed"))
+        assert store.count_runs() == {("extract", "a", "succeeded"): 1, ("transform_load", None, "failed"): 1}
+        assert store.count_runs(since="2026-01-01T00:00:00.000Z") == store.count_runs()
+
     def test_latest_runs_is_the_newest_matching_run_of_each_stage_and_source(self, store):
         for entry in (
             run("r1", "extract", "a", status="succeeded", started_at="2026-01-01T00:00:00.000Z"),
@@ -899,8 +909,36 @@ class UpgradeContract(ContractBase):
             self.dispose(store)
 
 
+class V3UpgradeContract(ContractBase):
+    """Version 4 (run counts kept as runs are written, an index per stage/source/status) over a version 3 store."""
+
+    @abstractmethod
+    def reopen_as_v3(self, store: Store, clock: FakeClock) -> Store:
+        """Close `store`, put its schema back as version 3 left it (no run counts, no runs_latest index), reopen."""
+
+    def test_a_v3_store_upgrades_in_place(self, tmp_path, clock):
+        store = self.make_store(tmp_path, clock)
+        store.save_run(run("r1", "extract", "a", status="running", started_at="2026-01-01T00:00:00.000Z"))
+        store.save_run(run("r1", "extract", "a", status="succeeded", started_at="2026-01-01T00:00:00.000Z"))
+        store.save_run(run("r2", "extract", "a", status="failed", started_at="2026-01-02T00:00:00.000Z"))
+        store.save_run(run("r3", "transform_load", None, status="running", started_at="2026-01-03T00:00:00.000Z"))
+        old = self.reopen_as_v3(store, clock)
+        try:
+            assert old.migrate() == (3, SCHEMA_VERSION)
+            assert old.count_runs() == {("extract", "a", "succeeded"): 1, ("extract", "a", "failed"): 1,
+                                        ("transform_load", None, "running"): 1}
+            assert [r.run_id for r in old.latest_runs(["succeeded", "failed"])] == ["r2"]
+            old.save_run(run("r3", "transform_load", None, status="succeeded", started_at="2026-01-03T00:00:00.000Z"))
+            assert old.count_runs()[("transform_load", None, "succeeded")] == 1
+            assert ("transform_load", None, "running") not in old.count_runs()
+            assert old.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
+            assert old.count_runs()[("extract", "a", "failed")] == 1  # not counted twice
+        finally:
+            self.dispose(old)
+
+
 class StoreContract(LifecycleContract, LeaseContract, FencingContract, StateContract, BatchContract, RecordContract,
-                    QuarantineContract, LedgerContract, UpgradeContract):
+                    QuarantineContract, LedgerContract, UpgradeContract, V3UpgradeContract):
     """Behaviour every `Store` adapter must show, one mixin per role; subclasses only build stores."""
 
 
@@ -912,6 +950,13 @@ class TestSqliteStore(StoreContract):
         path = write_v1_sqlite(tmp_path / "v1.sqlite3")
         return SqliteStore(str(path), clock=clock)
 
+    def reopen_as_v3(self, store, clock):
+        store.close()
+        conn = sqlite3.connect(store.path)
+        conn.executescript("DROP TABLE run_counts; DROP INDEX runs_latest; UPDATE schema_version SET version = 3;")
+        conn.close()
+        return SqliteStore(store.path, clock=clock)
+
     def make_unreachable_store(self, tmp_path):
         (tmp_path / "not-a-dir").write_text("a file where the store's directory should be")
         return SqliteStore(str(tmp_path / "not-a-dir" / "etl.sqlite3"))
@@ -919,6 +964,13 @@ class TestSqliteStore(StoreContract):
 
 class MongoContract(StoreContract):
     """MongoStore-only checks, on top of the contract."""
+
+    def reopen_as_v3(self, store, clock):
+        db = store._database()
+        db.drop_collection("run_counts")
+        db.runs.drop_index("stage_1_source_1_status_1_started_at_1")
+        db.meta.update_one({"_id": "schema"}, {"$set": {"version": 3}})
+        return MongoStore(db.client, db.name, clock=clock, transactions=store._transactions)
 
     def make_unreachable_store(self, tmp_path):
         return MongoStore.from_uri(UNREACHABLE_MONGO)

@@ -88,6 +88,11 @@ def test_etl_series_reflect_what_another_process_wrote(store, settings, other_pr
     assert value(after, "etl_runs_total", stage="extract", source="source_b", status="succeeded") == 2
     assert value(after, "etl_runs_total", stage="extract", source="source_b", status="failed") == 1
     assert value(after, "etl_runs_total", stage="pipeline", source="", status="succeeded") == 1
+    other_process.save_run(Run(run_id="t0", stage="transform_load", source=None, status="running",
+                               started_at=iso_utc(1_800_000_300)))
+    running = scrape(client)
+    assert value(running, "etl_runs_running", stage="transform_load", source="") == 1
+    assert value(running, "etl_runs_total", stage="transform_load", source="", status="running") is None
     assert value(after, "etl_last_success_timestamp_seconds", stage="extract", source="source_b") == 1_800_000_130
     assert value(after, "etl_last_success_timestamp_seconds", stage="extract", source="source_c") == 1_800_000_030
     assert value(after, "etl_raw_batches_pending", source="source_b") == 1

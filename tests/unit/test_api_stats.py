@@ -89,3 +89,14 @@ def test_an_empty_store_and_bad_parameters(store, settings, clock):
     assert body["overall"]["last_successful_pass"] is None and body["overall"]["error_rate_24h"] is None
     response = client.get("/stats?source=x")
     assert response.status_code == 400 and "source" in response.get_json()["error"]["message"]
+
+
+def test_the_answer_is_kept_for_five_seconds(store, settings, clock):
+    client = create_app(Wiring(settings=settings, store=store, clock=clock)).test_client()
+    assert client.get("/stats").get_json()["sources"]["source_b"]["runs"] == 0
+    save(store, "b1", clock.now)
+    clock.advance(4.9)
+    assert client.get("/stats").get_json()["sources"]["source_b"]["runs"] == 0
+    clock.advance(0.2)
+    body = client.get("/stats").get_json()
+    assert body["sources"]["source_b"]["runs"] == 1 and body["generated_at"] == iso_utc(clock.now)
