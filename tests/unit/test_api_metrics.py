@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,6 +16,7 @@ from common.schedule import TRIGGER_HEARTBEAT_KEY
 from common.store import RawBatch, Run
 from common.store.sqlite import SqliteStore
 from common.wiring import Wiring, build_store
+from tests.conftest import ROOT
 from tests.unit.test_api_store_outage import down_store
 
 
@@ -116,3 +120,21 @@ def test_each_app_has_its_own_registry(store, settings):
     first.get("/runs")
     assert value(scrape(second), "etl_api_requests_total", route="/runs", method="GET", status="200") is None
     assert second.get("/metrics?x=1").status_code == 400
+
+
+def test_runs_written_by_another_os_process_show_on_the_next_scrape(store, settings):
+    client = create_app(Wiring(settings=settings, store=store)).test_client()
+    scrape(client)
+    writer = (
+        "import sys; from common.store import Run; from common.store.sqlite import SqliteStore\n"
+        "store = SqliteStore(sys.argv[1])\n"
+        "for i in range(3):\n"
+        "    store.save_run(Run(run_id=f'x{i}', stage='extract', source='source_a', status='running',"
+        " started_at='2026-01-01T00:00:00.000Z'))\n"
+        "    store.save_run(Run(run_id=f'x{i}', stage='extract', source='source_a', status='failed',"
+        " started_at='2026-01-01T00:00:00.000Z', finished_at='2026-01-01T00:00:01.000Z'))\n"
+    )
+    subprocess.run([sys.executable, "-c", writer, settings.sqlite_path], check=True, cwd=ROOT, timeout=60)
+    samples = scrape(client)
+    assert value(samples, "etl_runs_total", stage="extract", source="source_a", status="failed") == 3
+    assert value(samples, "etl_runs_running", stage="extract", source="source_a") is None
