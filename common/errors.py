@@ -5,6 +5,7 @@
     ├── InputError                a caller sent something invalid (400, fatal)
     ├── Unauthorized              no usable bearer token (401, fatal; .error is the RFC 6750 code)
     ├── RefreshDisabled           POST /refresh without a JWT_SECRET configured (503, fatal)
+    ├── NotFound                  the thing asked for does not exist, e.g. a run id (404, fatal)
     ├── MethodNotAllowed          wrong HTTP method for an endpoint (405, fatal)
     ├── LeaseLost                 our stage lease expired and was taken over (409, stop: the new owner goes on)
     ├── BudgetExhausted           the invocation deadline is near: checkpoint and return `partial` (200)
@@ -57,6 +58,13 @@ class Unauthorized(EtlError):
         self.error = error
         if error:
             self.code = error
+
+
+class NotFound(EtlError):
+    """The caller asked for something that does not exist (a run id, say)."""
+
+    http_status = 404
+    code = "not_found"
 
 
 class RefreshDisabled(EtlError):

@@ -16,7 +16,7 @@ import re
 import flask
 
 from common.api.params import bounded_int, choice, single_values
-from common.errors import EtlError, InputError
+from common.errors import InputError, NotFound
 from common.sources import SOURCE_NAMES
 from common.store import RUN_STATUSES, Run, RunLedger
 
@@ -27,13 +27,6 @@ MAX_CURSOR_CHARS = 512
 _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,512}={0,2}")
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _STARTED_AT = re.compile(r"[0-9T:.Z+-]{1,40}")
-
-
-class RunNotFound(EtlError):
-    """No run has this id."""
-
-    http_status = 404
-    code = "not_found"
 
 
 def encode_cursor(run: Run) -> str:
@@ -92,7 +85,7 @@ def runs_blueprint(ledger: RunLedger) -> flask.Blueprint:
         found = ledger.get_run(run_id) if _RUN_ID.fullmatch(run_id) else None
         if found is None:
             shown = run_id if _RUN_ID.fullmatch(run_id) else "(not a run id)"
-            raise RunNotFound(f"no run with id {shown}")
+            raise NotFound(f"no run with id {shown}")
         return {"run": found.to_dict()}
 
     return blueprint

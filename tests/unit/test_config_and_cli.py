@@ -9,6 +9,7 @@ import pytest
 from common.cli import main
 from common.config import Settings
 from common.errors import ConfigError, StoreError
+from common.store import SCHEMA_VERSION
 from common.store.mongo import MongoStore
 from common.store.sqlite import SqliteStore
 from common.wiring import build_store
@@ -86,9 +87,9 @@ def test_etl_migrate_upgrades_a_first_release_store_in_place(tmp_path, monkeypat
     monkeypatch.setenv("SQLITE_PATH", str(path))
     monkeypatch.delenv("MONGODB_URI", raising=False)
     assert main(["migrate"]) == 0
-    assert json.loads(capsys.readouterr().out)["schema_version"] == {"found": 1, "now": 3}
+    assert json.loads(capsys.readouterr().out)["schema_version"] == {"found": 1, "now": SCHEMA_VERSION}
     assert main(["migrate"]) == 0
-    assert json.loads(capsys.readouterr().out)["schema_version"] == {"found": 3, "now": 3}
+    assert json.loads(capsys.readouterr().out)["schema_version"] == {"found": SCHEMA_VERSION, "now": SCHEMA_VERSION}
     with sqlite3.connect(path) as conn:
         ids = sorted(r[0] for r in conn.execute("SELECT source_id FROM normalized WHERE source = 'source_b'"))
     conn.close()
