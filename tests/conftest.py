@@ -87,3 +87,11 @@ def wiring(settings: Settings) -> Wiring:
     store = build_store(settings)
     yield Wiring(settings=settings, store=store)
     store.close()
+
+
+@pytest.fixture
+def store(settings):
+    """A real SQLite store on the test's own file (the `settings` fixture's)."""
+    store = build_store(settings)
+    yield store
+    store.close()

@@ -14,7 +14,6 @@ from common.clock import iso_utc
 from common.errors import StoreError
 from common.ids import new_run_id
 from common.store import Run
-from common.wiring import build_store
 
 HOUR = 3600.0
 PASSWORD = "pa55-w0rd-Secret"
@@ -61,13 +60,6 @@ def b_down(clock, error: str = "CSV file not found: /data/Historical_Data.csv") 
     return a_pass(clock, stage("source_a", "succeeded"), stage("source_b", "failed", error),
                   stage("source_c", "succeeded"), stage(None, "succeeded", kind="transform_load", rows_in=100),
                   status="failed", errors=("source_b failed",))
-
-
-@pytest.fixture
-def store(settings):
-    opened = build_store(settings)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

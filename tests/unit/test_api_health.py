@@ -29,13 +29,6 @@ def settings(tmp_path):
     return Settings(sqlite_path=str(tmp_path / "etl.sqlite3"), etl_schedule="1h")
 
 
-@pytest.fixture
-def store(settings):
-    store = build_store(settings)
-    yield store
-    store.close()
-
-
 def api(store, settings, clock):
     return create_app(Wiring(settings=settings, store=store, clock=clock)).test_client()
 

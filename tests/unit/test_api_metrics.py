@@ -11,25 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.api.app import create_app
 from common.clock import iso_utc
-from common.config import Settings
 from common.schedule import TRIGGER_HEARTBEAT_KEY
 from common.store import RawBatch, Run
 from common.store.sqlite import SqliteStore
-from common.wiring import Wiring, build_store
+from common.wiring import Wiring
 from tests.conftest import ROOT
 from tests.unit.test_api_store_outage import down_store
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return Settings(sqlite_path=str(tmp_path / "etl.sqlite3"))
-
-
-@pytest.fixture
-def store(settings):
-    store = build_store(settings)
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -6,9 +6,8 @@ import pytest
 
 from common.api.app import create_app
 from common.clock import iso_utc
-from common.config import Settings
 from common.store import RawBatch, Run
-from common.wiring import Wiring, build_store
+from common.wiring import Wiring
 from tests.conftest import FakeClock
 
 DAY = 86400.0
@@ -17,18 +16,6 @@ DAY = 86400.0
 @pytest.fixture
 def clock():
     return FakeClock()
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return Settings(sqlite_path=str(tmp_path / "etl.sqlite3"))
-
-
-@pytest.fixture
-def store(settings):
-    store = build_store(settings)
-    yield store
-    store.close()
 
 
 def save(store, run_id, at, stage="extract", source="source_b", status="succeeded", duration_ms=1000):
