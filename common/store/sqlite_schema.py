@@ -92,6 +92,12 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Create the schema or bring an older one up to SCHEMA_VERSION, one version per transaction; returns the
     version found. Concurrent openers serialize on the write lock and re-check the version inside it."""
     _register_functions(conn)
+    try:  # the common case, a current store: a plain read, no write lock (every new connection passes here)
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        if row and row[0] >= SCHEMA_VERSION:
+            return row[0]
+    except sqlite3.OperationalError:  # no such table: a fresh or first-release store
+        pass
     found = None
     while True:
         conn.execute("BEGIN IMMEDIATE")

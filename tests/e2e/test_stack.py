@@ -83,7 +83,7 @@ def test_two_overlapping_invocations_one_works_one_is_skipped(stack, tmp_path):
     for thread in threads:
         thread.join()
     statuses = sorted((r.status_code, r.json()["run"]["status"]) for r in results.values())
-    assert statuses == [(200, "succeeded"), (409, "skipped")]
+    assert statuses == [(200, "succeeded"), (409, "skipped")], [r.json()["run"]["summary"] for r in results.values()]
     done = next(r.json()["run"] for r in results.values() if r.status_code == 200)
     assert done["rows_in"] == 60_000
     store = SqliteStore(str(tmp_path / "etl.sqlite3"))
