@@ -20,9 +20,13 @@ NORMALIZED_FIELDS: tuple[str, ...] = (
 FIRST_SEEN_FIELDS = frozenset({"ingested_at", "run_id"})
 """Kept from the first write of a record; every other field is overwritten by later writes."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """1: the first release; 2: lease epochs (fencing); 3: CSV records keyed by symbol + name, fixed-width timestamps;
-4: run counts per (stage, source, status) kept as runs are written, runs indexed by (stage, source, status, start)."""
+4: run counts per (stage, source, status) kept as runs are written, runs indexed by (stage, source, status, start);
+5: normalized records indexed by each sortable field + the natural key (keyset paging), and by (asset, source, time)."""
+
+DATA_VERSION_KEY = "records:data_version"
+"""The shared-state document whose version `commit_transformed` bumps in the same write (see `data_version`)."""
 
 SORTABLE_FIELDS = ("observed_at", "symbol", "price_usd", "market_cap_usd", "volume_24h_usd", "ingested_at")
 RUN_STATUSES = ("running", "succeeded", "partial", "failed", "skipped")
@@ -79,7 +83,13 @@ class Run:
 
 @dataclass(frozen=True)
 class DataQuery:
-    """A validated read of normalized records."""
+    """A validated read of normalized records.
+
+    Order: `sort_by`, then the natural key (source, source_id, observed_at) as the unique tiebreaker, all in one
+    direction; NULL values of `sort_by` count as lower than any value (first ascending, last descending), as both
+    SQLite and MongoDB sort them. `after`: the sort key (value, source, source_id, observed_at) of the last row of
+    the previous page: keyset paging, only rows strictly after it (then `page` must be 1). `from_at` inclusive,
+    `to_at` exclusive, both canonical `YYYY-MM-DDTHH:MM:SS.sssZ` on observed_at."""
 
     page: int = 1
     limit: int = 100
@@ -88,12 +98,26 @@ class DataQuery:
     asset_id: str | None = None
     sort_by: str = "observed_at"
     descending: bool = True
+    symbols: tuple[str, ...] = ()
+    from_at: str | None = None
+    to_at: str | None = None
+    after: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.sort_by not in SORTABLE_FIELDS:  # adapters put it into a query: never trust it
             raise ValueError(f"sort_by must be one of {SORTABLE_FIELDS}, got {self.sort_by!r}")
         if self.page < 1 or self.limit < 1:
             raise ValueError("page and limit must be >= 1")
+        if self.after is not None and (len(self.after) != 4 or self.page != 1):
+            raise ValueError("after is (value, source, source_id, observed_at) and goes with page 1")
+
+    def wanted_symbols(self) -> tuple[str, ...]:
+        """`symbol` and `symbols` together (either may be empty)."""
+        return tuple(dict.fromkeys((*self.symbols, *((self.symbol,) if self.symbol else ()))))
+
+    def sort_key(self, item: dict) -> tuple:
+        """The `after` value that continues the order behind `item`."""
+        return item[self.sort_by], item["source"], item["source_id"], item["observed_at"]
 
 
 @dataclass(frozen=True)
@@ -181,8 +205,32 @@ class RecordStore(ABC):
         changes nothing. `resolves`: quarantine entries this commit supersedes (rows of an earlier version of the
         batch that now load), marked resolved by `resolved_by` in the same write."""
 
+    def query_normalized(self, query: DataQuery) -> Page:
+        """A page of records and the total matching the filters (which costs a count: the API caches it)."""
+        return Page(items=self.read_normalized(query), total=self.count_matching(query))
+
     @abstractmethod
-    def query_normalized(self, query: DataQuery) -> Page: ...
+    def read_normalized(self, query: DataQuery) -> list[dict]:
+        """Up to `query.limit` records in the query's order; each sort is served by an index, and a keyset page
+        (`after`) costs the same however deep it is."""
+
+    @abstractmethod
+    def count_matching(self, query: DataQuery) -> int:
+        """How many records match the query's filters (paging and order ignored)."""
+
+    @abstractmethod
+    def data_version(self) -> int:
+        """A number that changes on every `commit_transformed` (bumped in the same write): aggregates over
+        records may be cached against it."""
+
+    @abstractmethod
+    def latest_by_source(self, query: DataQuery) -> list[dict]:
+        """View `latest`: for the assets of page `query.page` (`query.limit` assets by asset_id, filtered by
+        symbol, source, asset_id), the newest record of each (asset, source); one index seek per pair."""
+
+    @abstractmethod
+    def count_assets(self, query: DataQuery) -> int:
+        """How many assets `latest_by_source` pages over."""
 
     @abstractmethod
     def count_normalized(self, source: str | None = None) -> int: ...

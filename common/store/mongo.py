@@ -22,7 +22,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from common.clock import iso_utc, system_clock
 from common.errors import ConfigError, LeaseLost, StoreError
 from common.store import (
-    FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, DataQuery, Fence, Page, RawBatch, Run, Store,
+    DATA_VERSION_KEY, FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, DataQuery, Fence, RawBatch, Run, Store,
 )
 from common.store.mongo_schema import KEY_FIELDS as _KEY_FIELDS
 from common.store.mongo_schema import VALUE_FIELDS as _VALUE_FIELDS
@@ -374,23 +374,58 @@ class MongoStore(Store):
             if batch is not None:
                 db.raw_batches.update_one({"_id": batch.batch_id, "version": batch.version},
                                           {"$set": {"status": "done"}}, session=session)
+            db.shared_state.update_one({"_id": DATA_VERSION_KEY},
+                                       {"$inc": {"version": 1}, "$set": {"updated_at": now},
+                                        "$setOnInsert": {"value": "{}"}}, upsert=True, session=session)
 
         self._fenced(fence, write)
 
     # --- reads ----------------------------------------------------------------------------------------------------
     @_translated
-    def query_normalized(self, query: DataQuery) -> Page:
-        where = {
-            name: value
-            for name, value in (("symbol", query.symbol), ("source", query.source), ("asset_id", query.asset_id))
-            if value is not None
-        }
+    def read_normalized(self, query: DataQuery) -> list[dict]:
+        where = _data_filter(query)
         direction = DESCENDING if query.descending else ASCENDING
         order = [(name, direction) for name in dict.fromkeys((query.sort_by, *_KEY_FIELDS))]
-        collection = self._database().normalized
-        docs = _limited(collection.find(where).sort(order), query.limit, (query.page - 1) * query.limit)
-        items = [{f: d["_id"] if f == "idempotency_key" else d.get(f) for f in NORMALIZED_FIELDS} for d in docs]
-        return Page(items=items, total=collection.count_documents(where))
+        collection, docs = self._database().normalized, []
+        for segment in _keyset_segments(query):
+            docs += _limited(collection.find({"$and": [where, segment]} if segment else where).sort(order),
+                             query.limit - len(docs), (query.page - 1) * query.limit)
+            if len(docs) >= query.limit:
+                break
+        return [_item(d) for d in docs]
+
+    @_translated
+    def count_matching(self, query: DataQuery) -> int:
+        return self._database().normalized.count_documents(_data_filter(query))
+
+    def data_version(self) -> int:
+        return self.get_state(DATA_VERSION_KEY)[1]
+
+    @staticmethod
+    def _asset_filter(query: DataQuery) -> dict:
+        symbols = query.wanted_symbols()
+        return {**({"symbol": {"$in": list(symbols)}} if symbols else {}),
+                **({"_id": query.asset_id} if query.asset_id else {}),
+                **({"sources": query.source} if query.source else {})}
+
+    @_translated
+    def count_assets(self, query: DataQuery) -> int:
+        return self._database().assets.count_documents(self._asset_filter(query))
+
+    @_translated
+    def latest_by_source(self, query: DataQuery) -> list[dict]:
+        db = self._database()
+        assets = _limited(db.assets.find(self._asset_filter(query)).sort("_id", ASCENDING), query.limit,
+                          (query.page - 1) * query.limit)
+        items = []
+        for doc in assets:  # bounded: one index seek per (asset, source) on (asset_id, source, observed_at)
+            for source in sorted(doc.get("sources", [])):
+                if query.source and source != query.source:
+                    continue
+                newest = _limited(db.normalized.find({"asset_id": doc["_id"], "source": source})
+                                  .sort([("observed_at", DESCENDING), ("source_id", ASCENDING)]), 1)
+                items += [_item(d) for d in newest]
+        return items
 
     @_translated
     def count_normalized(self, source: str | None = None) -> int:
@@ -541,6 +576,44 @@ def _merged_records(records: Sequence[tuple]) -> list[dict]:
             doc.update({name: first[name] for name in FIRST_SEEN_FIELDS}, idempotency_key=first["idempotency_key"])
         merged[key] = doc
     return list(merged.values())
+
+
+def _item(doc: dict) -> dict:
+    return {f: doc["_id"] if f == "idempotency_key" else doc.get(f) for f in NORMALIZED_FIELDS}
+
+
+def _data_filter(query: DataQuery) -> dict:
+    symbols = query.wanted_symbols()
+    where: dict = {name: value for name, value in (("source", query.source), ("asset_id", query.asset_id))
+                   if value is not None}
+    if symbols:
+        where["symbol"] = {"$in": list(symbols)}
+    window = {**({"$gte": query.from_at} if query.from_at else {}), **({"$lt": query.to_at} if query.to_at else {})}
+    if window:
+        where["observed_at"] = window
+    return where
+
+
+def _after(fields: Sequence[str], values: dict, below: str) -> dict:
+    """Strictly after `values` in the lexicographic order of `fields`: an $or of equal prefixes."""
+    return {"$or": [{**{f: values[f] for f in fields[:i]}, fields[i]: {below: values[fields[i]]}}
+                    for i in range(len(fields))]}
+
+
+def _keyset_segments(query: DataQuery) -> list[dict]:
+    """As `common.store.sqlite._keyset_segments`: a $lt/$gt on a number never matches null (type bracketing), so
+    the null block of the sort field is a segment of its own, read after (descending) or before (ascending)."""
+    if query.after is None:
+        return [{}]
+    value, source, source_id, observed_at = query.after
+    values = {"source": source, "source_id": source_id, "observed_at": observed_at}
+    column, below = query.sort_by, "$lt" if query.descending else "$gt"
+    if value is None:
+        nulls = {column: None, **_after(_KEY_FIELDS, values, below)}
+        return [nulls] if query.descending else [nulls, {column: {"$ne": None}}]
+    fields = tuple(dict.fromkeys((column, *_KEY_FIELDS)))
+    ordered = _after(fields, {**values, column: value}, below)
+    return [ordered, {column: None}] if query.descending else [ordered]
 
 
 def _batch(doc: dict) -> RawBatch:

@@ -15,6 +15,11 @@ _INDEXES = (  # (collection, keys, unique); created idempotently on first use
     ("normalized", ("source", "source_id", "observed_at"), True),
     ("normalized", ("symbol", "observed_at"), False),
     ("normalized", ("observed_at",), False),
+    # version 5: every sort of GET /data in its full order (keyset paging), and view=latest's (asset, source) seek
+    *(("normalized", (field, "source", "source_id", "observed_at"), False)
+      for field in ("symbol", "price_usd", "market_cap_usd", "volume_24h_usd", "ingested_at")),
+    ("normalized", ("observed_at", "source", "source_id"), False),
+    ("normalized", ("asset_id", "source", "observed_at"), False),
     ("raw_batches", ("status", "seq"), False),
     ("raw_batches", ("source", "status", "seq"), False),
     ("quarantine", ("source", "created_at"), False),
@@ -44,6 +49,7 @@ def migrate(db, fresh: bool) -> int:
                                    {"$set": {"status": "pending"}, "$inc": {"version": 1}})
     if found < 4:  # version 4: run counts kept as runs are written; set (not added) here, so a rerun is harmless
         count_runs(db)
+    # version 5 adds indexes only: `ensure_indexes` creates them on every start, before this runs
     if found < SCHEMA_VERSION or not meta:
         db.meta.update_one({"_id": "schema"}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True)
     return found

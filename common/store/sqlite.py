@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Sequence
 from common.clock import iso_utc, system_clock
 from common.errors import LeaseLost, StoreError
 from common.store import (
-    FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, DataQuery, Fence, Page, RawBatch, Run, Store,
+    DATA_VERSION_KEY, FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, DataQuery, Fence, RawBatch, Run, Store,
 )
 from common.store.sqlite_schema import migrate
 
@@ -251,19 +251,61 @@ class SqliteStore(Store):
                     "UPDATE raw_batches SET status = 'done' WHERE batch_id = ? AND version = ?",
                     (batch.batch_id, batch.version),
                 )
+            conn.execute("INSERT INTO shared_state (key, value, version, updated_at) VALUES (?, '{}', 1, ?) "
+                         "ON CONFLICT (key) DO UPDATE SET version = version + 1, updated_at = excluded.updated_at",
+                         (DATA_VERSION_KEY, now))
 
     # --- reads ----------------------------------------------------------------------------------------------------
-    def query_normalized(self, query: DataQuery) -> Page:
-        where, params = _where({"symbol": query.symbol, "source": query.source, "asset_id": query.asset_id})
-        direction = "DESC" if query.descending else "ASC"
+    def read_normalized(self, query: DataQuery) -> list[dict]:
+        where, params = _data_where(query)
+        order = _order_by(query)
+        offset = (query.page - 1) * query.limit
+        rows: list[tuple] = []
+        for condition, extra in _keyset_segments(query):
+            clauses = " AND ".join(filter(None, (where, condition)))
+            rows += self._read(f"SELECT {_COLUMNS} FROM normalized {'WHERE ' + clauses if clauses else ''} "
+                               f"{order} LIMIT ? OFFSET ?", (*params, *extra, query.limit - len(rows), offset))
+            if len(rows) >= query.limit:
+                break
+        return [dict(zip(NORMALIZED_FIELDS, row)) for row in rows]
+
+    def count_matching(self, query: DataQuery) -> int:
+        where, params = _data_where(query)
+        return self._read(f"SELECT COUNT(*) FROM normalized {'WHERE ' + where if where else ''}", params)[0][0]
+
+    def data_version(self) -> int:
+        return self.get_state(DATA_VERSION_KEY)[1]
+
+    def _asset_where(self, query: DataQuery) -> tuple[str, list]:
+        symbols = query.wanted_symbols()
+        clauses, params = [], []
+        if symbols:
+            clauses.append(f"a.symbol IN ({', '.join('?' * len(symbols))})")
+            params += symbols
+        if query.asset_id:
+            clauses.append("a.asset_id = ?")
+            params.append(query.asset_id)
+        if query.source:
+            clauses.append("EXISTS (SELECT 1 FROM asset_sources s WHERE s.asset_id = a.asset_id AND s.source = ?)")
+            params.append(query.source)
+        return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+    def count_assets(self, query: DataQuery) -> int:
+        where, params = self._asset_where(query)
+        return self._read(f"SELECT COUNT(*) FROM assets a {where}", params)[0][0]
+
+    def latest_by_source(self, query: DataQuery) -> list[dict]:
+        where, params = self._asset_where(query)
+        source = "AND s.source = ? " if query.source else ""
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM normalized {where} "
-            f"ORDER BY {query.sort_by} {direction}, source {direction}, source_id {direction}, "
-            f"observed_at {direction} LIMIT ? OFFSET ?",
-            (*params, query.limit, (query.page - 1) * query.limit),
-        )
-        total = self._read(f"SELECT COUNT(*) FROM normalized {where}", params)[0][0]
-        return Page(items=[dict(zip(NORMALIZED_FIELDS, row)) for row in rows], total=total)
+            f"SELECT {', '.join('n.' + c for c in NORMALIZED_FIELDS)} FROM "
+            f"(SELECT a.asset_id FROM assets a {where} ORDER BY a.asset_id LIMIT ? OFFSET ?) p "
+            f"JOIN asset_sources s ON s.asset_id = p.asset_id {source}"
+            "JOIN normalized n ON n.asset_id = s.asset_id AND n.source = s.source AND n.observed_at = "
+            "(SELECT MAX(m.observed_at) FROM normalized m WHERE m.asset_id = s.asset_id AND m.source = s.source) "
+            "ORDER BY n.asset_id, n.source, n.source_id",
+            (*params, query.limit, (query.page - 1) * query.limit, *([query.source] if query.source else [])))
+        return [dict(zip(NORMALIZED_FIELDS, row)) for row in rows]
 
     def count_normalized(self, source: str | None = None) -> int:
         if source:
@@ -377,6 +419,49 @@ def _where(equal: dict[str, object], *conditions: str) -> tuple[str, list]:
     given = {column: value for column, value in equal.items() if value is not None}
     clauses = [*conditions, *(f"{column} = ?" for column in given)]
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), list(given.values())
+
+
+def _data_where(query: DataQuery) -> tuple[str, list]:
+    """The filters of a data query, as conditions without `WHERE` (empty when none)."""
+    symbols = query.wanted_symbols()
+    clauses, params = [], []
+    if symbols:
+        clauses.append(f"symbol IN ({', '.join('?' * len(symbols))})")
+        params += symbols
+    for column, value in (("source", query.source), ("asset_id", query.asset_id)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.from_at is not None:
+        clauses.append("observed_at >= ?")
+        params.append(query.from_at)
+    if query.to_at is not None:
+        clauses.append("observed_at < ?")
+        params.append(query.to_at)
+    return " AND ".join(clauses), params
+
+
+def _order_by(query: DataQuery) -> str:
+    """`sort_by`, then the natural key (a repeated observed_at would cost a temp b-tree: named once)."""
+    direction = "DESC" if query.descending else "ASC"
+    columns = dict.fromkeys((query.sort_by, "source", "source_id", "observed_at"))
+    return "ORDER BY " + ", ".join(f"{column} {direction}" for column in columns)
+
+
+def _keyset_segments(query: DataQuery) -> list[tuple[str, tuple]]:
+    """The rows after `query.after`, as consecutive index ranges read in order. NULLs sort lowest, and a row-value
+    comparison with a NULL is NULL, so the NULL block of the sort column is a range of its own:
+    descending = [values below the cursor, then NULLs]; ascending from a NULL = [the rest of the NULLs, then values]."""
+    if query.after is None:
+        return [("", ())]
+    value, *key = query.after
+    column, below = query.sort_by, "<" if query.descending else ">"
+    rest = f"(source, source_id, observed_at) {below} (?, ?, ?)"
+    if value is None:
+        nulls = (f"{column} IS NULL AND {rest}", tuple(key))
+        return [nulls] if query.descending else [nulls, (f"{column} IS NOT NULL", ())]
+    values = (f"({column}, source, source_id, observed_at) {below} (?, ?, ?, ?)", (value, *key))
+    return [values, (f"{column} IS NULL", ())] if query.descending else [values]
 
 
 def _batch(row: tuple) -> RawBatch:

@@ -77,6 +77,12 @@ MIGRATIONS = {  # version -> statements that bring version - 1 up to it, in one 
     4: ("INSERT INTO run_counts (stage, source, status, count) SELECT stage, COALESCE(source, ''), status, COUNT(*) "
         "FROM runs WHERE true GROUP BY stage, COALESCE(source, ''), status "
         "ON CONFLICT (stage, source, status) DO UPDATE SET count = excluded.count",),
+    # every sort of GET /data read from an index in the full order (sort field, natural key): keyset pages cost
+    # the same at any depth, no temp b-tree; view=latest seeks (asset, source, newest time)
+    5: (*(f"CREATE INDEX IF NOT EXISTS normalized_by_{field} ON normalized ({field}, source, source_id, observed_at)"
+          for field in ("symbol", "price_usd", "market_cap_usd", "volume_24h_usd", "ingested_at")),
+        "CREATE INDEX IF NOT EXISTS normalized_by_observed_at ON normalized (observed_at, source, source_id)",
+        "CREATE INDEX IF NOT EXISTS normalized_asset_source_time ON normalized (asset_id, source, observed_at)"),
 }
 
 
@@ -109,7 +115,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             version = row[0] if row else (SCHEMA_VERSION if fresh else 1)
             if fresh:
                 conn.execute("ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
-                for statement in MIGRATIONS[2][1:]:
+                for statement in (*MIGRATIONS[2][1:], *MIGRATIONS[5]):
                     conn.execute(statement)
             found = version if found is None else found
             if version >= SCHEMA_VERSION:

@@ -669,6 +669,72 @@ class RecordContract(ContractBase):
         assert (loaded.count_normalized("a"), loaded.count_normalized("b"), loaded.count_normalized("c")) == (3, 1, 2)
         assert loaded.count_normalized("zzz") == 0
 
+    @pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+    @pytest.mark.parametrize("sort_by", SORTABLE_FIELDS)
+    def test_keyset_walk_returns_the_whole_order_once(self, loaded, sort_by, descending):
+        pages, after = [], None
+        while True:
+            query = DataQuery(limit=2, sort_by=sort_by, descending=descending, after=after)
+            items = loaded.read_normalized(query)
+            if not items:
+                break
+            pages.append(items)
+            after = query.sort_key(items[-1])
+        assert [i for p in pages for i in p] == self.expected_order(self.DATASET, sort_by, descending)
+        assert all(len(p) == 2 for p in pages)
+
+    def test_keyset_after_a_null_value(self, loaded):
+        eth_c = as_item(self.DATASET[4])  # the only record without a price
+        ascending = DataQuery(sort_by="price_usd", descending=False, after=(None, "a", "a", "a"))
+        assert loaded.read_normalized(ascending)[0] == eth_c  # NULLs first ascending, ordered by the natural key
+        descending = DataQuery(sort_by="price_usd")
+        assert loaded.read_normalized(DataQuery(sort_by="price_usd", after=descending.sort_key(eth_c))) == []
+
+    @pytest.mark.parametrize(
+        ("filters", "expected_ids"),
+        [
+            ({"symbols": ("BTC", "SOL")}, {"btc", "XBT", "sol"}),
+            ({"symbols": ("ETH",), "symbol": "SOL"}, {"eth", "ethereum", "sol"}),
+            ({"from_at": "2026-01-01T00:30:00Z"}, {"btc", "XBT", "ethereum"}),
+            ({"to_at": "2026-01-01T00:30:00Z"}, {"btc", "eth", "sol"}),
+            ({"from_at": "2026-01-01T00:05:00Z", "to_at": "2026-01-01T00:45:00Z", "source": "a"}, {"eth"}),
+        ],
+    )
+    def test_symbols_and_time_window(self, loaded, filters, expected_ids):
+        query = DataQuery(**filters)
+        assert {(i["source_id"], i["observed_at"]) for i in loaded.read_normalized(query)} == {
+            (as_item(r)["source_id"], as_item(r)["observed_at"]) for r in self.DATASET
+            if as_item(r)["source_id"] in expected_ids
+            and (not query.from_at or as_item(r)["observed_at"] >= query.from_at)
+            and (not query.to_at or as_item(r)["observed_at"] < query.to_at)}
+        assert loaded.count_matching(query) == len(loaded.read_normalized(query))
+
+    def test_data_version_moves_on_every_commit(self, store):
+        before = store.data_version()
+        self.commit_pending(store, records=[record()])
+        after_one = store.data_version()
+        self.commit_pending(store, records=[])
+        assert before < after_one < store.data_version()
+
+    def test_latest_by_source_side_by_side(self, store):
+        rows = [record(src, sid, t, price_usd=p, asset_id=aid, symbol=sym)
+                for src, sid, t, p, aid, sym in [
+                    ("a", "btc", "2026-01-01T00:00:00.000Z", 1.0, "btc-bitcoin", "BTC"),
+                    ("a", "btc", "2026-01-01T02:00:00.000Z", 2.0, "btc-bitcoin", "BTC"),
+                    ("b", "XBT", "2026-01-01T01:00:00.000Z", 3.0, "btc-bitcoin", "BTC"),
+                    ("c", "bitcoin", "2026-01-01T03:00:00.000Z", 4.0, "btc-bitcoin", "BTC"),
+                    ("c", "bitcoin", "2026-01-01T00:30:00.000Z", 5.0, "btc-bitcoin", "BTC"),
+                    ("a", "eth", "2026-01-01T00:00:00.000Z", 6.0, "eth-ethereum", "ETH")]]
+        assets = [asset("btc-bitcoin", s) for s in "abc"] + [asset("eth-ethereum", "a", "ETH", "Ethereum")]
+        self.commit_pending(store, records=rows, assets=assets)
+        got = [(i["asset_id"], i["source"], i["price_usd"]) for i in store.latest_by_source(DataQuery())]
+        assert got == [("btc-bitcoin", "a", 2.0), ("btc-bitcoin", "b", 3.0), ("btc-bitcoin", "c", 4.0),
+                       ("eth-ethereum", "a", 6.0)]
+        assert store.count_assets(DataQuery()) == 2
+        assert [i["price_usd"] for i in store.latest_by_source(DataQuery(limit=1, page=2))] == [6.0]
+        assert [i["price_usd"] for i in store.latest_by_source(DataQuery(source="b"))] == [3.0]
+        assert store.count_assets(DataQuery(symbols=("ETH",))) == 1
+
     def test_a_final_status_is_written_once(self, store):
         assert store.save_run(run(status="running")) is True
         assert store.save_run(run(status="failed", summary={"warnings": [], "errors": ["abandoned"]})) is True
@@ -937,8 +1003,35 @@ class V3UpgradeContract(ContractBase):
             self.dispose(old)
 
 
+class V4UpgradeContract(ContractBase):
+    """Version 5 (an index per sortable field + natural key, a data version) over a version 4 store."""
+
+    @abstractmethod
+    def reopen_as_v4(self, store: Store, clock: FakeClock) -> Store:
+        """Close `store`, drop the version 5 indexes, mark it version 4, reopen."""
+
+    @abstractmethod
+    def sort_indexes(self, store: Store) -> set[str]:
+        """Names of the version 5 indexes present."""
+
+    def test_a_v4_store_upgrades_in_place(self, tmp_path, clock):
+        store = self.make_store(tmp_path, clock)
+        self.commit_pending(store, records=[record(), record(source="b", price_usd=None)])
+        expected = len(self.sort_indexes(store))
+        old = self.reopen_as_v4(store, clock)
+        try:
+            assert old.migrate() == (4, SCHEMA_VERSION)
+            assert len(self.sort_indexes(old)) == expected == 7
+            first = old.read_normalized(DataQuery(limit=1, sort_by="price_usd"))
+            assert [i["source"] for i in old.read_normalized(
+                DataQuery(sort_by="price_usd", after=DataQuery(sort_by="price_usd").sort_key(first[0])))] == ["b"]
+            assert old.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
+        finally:
+            self.dispose(old)
+
+
 class StoreContract(LifecycleContract, LeaseContract, FencingContract, StateContract, BatchContract, RecordContract,
-                    QuarantineContract, LedgerContract, UpgradeContract, V3UpgradeContract):
+                    QuarantineContract, LedgerContract, UpgradeContract, V3UpgradeContract, V4UpgradeContract):
     """Behaviour every `Store` adapter must show, one mixin per role; subclasses only build stores."""
 
 
@@ -957,6 +1050,41 @@ class TestSqliteStore(StoreContract):
         conn.close()
         return SqliteStore(store.path, clock=clock)
 
+    def reopen_as_v4(self, store, clock):
+        store.close()
+        conn = sqlite3.connect(store.path)
+        for name in self.sort_indexes_at(store.path):
+            conn.execute(f"DROP INDEX {name}")
+        conn.execute("UPDATE schema_version SET version = 4")
+        conn.commit()
+        conn.close()
+        return SqliteStore(store.path, clock=clock)
+
+    @staticmethod
+    def sort_indexes_at(path) -> set[str]:
+        conn = sqlite3.connect(path)
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                                            "(name LIKE 'normalized_by_%' OR name = 'normalized_asset_source_time')")}
+        conn.close()
+        return names
+
+    def sort_indexes(self, store):
+        return self.sort_indexes_at(store.path)
+
+    @pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+    @pytest.mark.parametrize("sort_by", SORTABLE_FIELDS)
+    def test_every_sort_and_keyset_page_is_served_by_an_index(self, store, sort_by, descending):
+        from common.store.sqlite import _data_where, _keyset_segments, _order_by  # what read_normalized runs
+        self.commit_pending(store, records=self.DATASET)
+        for after in (None, (1.0, "a", "b", "c"), (None, "a", "b", "c")):
+            query = DataQuery(sort_by=sort_by, descending=descending, after=after)
+            for condition, params in _keyset_segments(query):
+                sql = (f"EXPLAIN QUERY PLAN SELECT * FROM normalized {'WHERE ' + condition if condition else ''} "
+                       f"{_order_by(query)} LIMIT 100")
+                plan = " | ".join(r[3] for r in store._conn().execute(sql, params))
+                assert "TEMP B-TREE" not in plan and "USING" in plan and "INDEX" in plan, plan
+        assert _data_where(DataQuery(symbols=("A",), from_at="x"))[0] == "symbol IN (?) AND observed_at >= ?"
+
     def make_unreachable_store(self, tmp_path):
         (tmp_path / "not-a-dir").write_text("a file where the store's directory should be")
         return SqliteStore(str(tmp_path / "not-a-dir" / "etl.sqlite3"))
@@ -971,6 +1099,19 @@ class MongoContract(StoreContract):
         db.runs.drop_index("stage_1_source_1_status_1_started_at_1")
         db.meta.update_one({"_id": "schema"}, {"$set": {"version": 3}})
         return MongoStore(db.client, db.name, clock=clock, transactions=store._transactions)
+
+    def reopen_as_v4(self, store, clock):
+        db = store._database()
+        for name in self.sort_indexes(store):
+            db.normalized.drop_index(name)
+        db.meta.update_one({"_id": "schema"}, {"$set": {"version": 4}})
+        return MongoStore(db.client, db.name, clock=clock, transactions=store._transactions)
+
+    def sort_indexes(self, store):
+        info = store._database().normalized.index_information()
+        keys = {name: tuple(k for k, _ in spec["key"]) for name, spec in info.items()}
+        return {name for name, key in keys.items() if len(key) >= 3 and key[1:] in (
+            ("source", "source_id", "observed_at"), ("source", "source_id"), ("source", "observed_at"))}
 
     def make_unreachable_store(self, tmp_path):
         return MongoStore.from_uri(UNREACHABLE_MONGO)
