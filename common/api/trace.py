@@ -1,4 +1,4 @@
-"""The X-Run-ID every API answer carries: the last good transform/load run, read at most once per interval.
+"""The X-Run-ID every API answer carries: the last good pass, read at most once per interval.
 
 Reading the ledger on every response doubled the store round trips of each request, and during an outage
 doubled the wait before the 503 (each read waits for the store's timeout). So the value is kept per process
@@ -23,7 +23,8 @@ NO_RUN = "none"
 
 
 class LastRunId:
-    """The last good transform/load run id (any stage's when none), refreshed at most once per `ttl_s`."""
+    """The last good pass's run id (a `pipeline` run that succeeded, or was partial: it loaded data too), else the
+    last good transform/load (stages invoked one by one), else any stage's; refreshed at most once per `ttl_s`."""
 
     def __init__(self, store: Store, clock: Clock, ttl_s: float = 5.0) -> None:
         self.store, self.clock, self.ttl_s = store, clock, ttl_s
@@ -37,7 +38,12 @@ class LastRunId:
         if fresh or store_failed or not self._refreshing.acquire(blocking=False):
             return self._value
         try:
-            last = self.store.last_run(LAST_GOOD, stage="transform_load") or self.store.last_run(LAST_GOOD)
+            newest = self.store.latest_runs(LAST_GOOD)  # one read: the newest good run of each stage and source
+            by_stage = {stage: max((r for r in newest if r.stage == stage), default=None,
+                                   key=lambda r: (r.started_at, r.run_id))
+                        for stage in ("pipeline", "transform_load", None)}
+            by_stage[None] = max(newest, default=None, key=lambda r: (r.started_at, r.run_id))
+            last = by_stage["pipeline"] or by_stage["transform_load"] or by_stage[None]
             self._value = last.run_id if last else NO_RUN
         except EtlError as exc:
             log.warning("X-Run-ID not refreshed: %s", exc.message)

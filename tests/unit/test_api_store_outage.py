@@ -101,18 +101,18 @@ def test_the_run_id_is_read_once_per_interval_not_once_per_request(tmp_path):
                        started_at="2026-01-01T00:00:00.000Z"))
     store, clock = counting(inner), Clock()
     client = api(store, settings, clock)
-    first = client.get("/health")
-    assert first.status_code == 200 and first.headers["X-Run-ID"] == "run-1"
-    lookups = store.calls.count("last_run")
+    first = client.get("/runs/no-such-run")  # one get_run; the X-Run-ID lookup is the only latest_runs
+    assert first.status_code == 404 and first.headers["X-Run-ID"] == "run-1"
+    lookups = store.calls.count("latest_runs")
     assert lookups == 1
     for _ in range(5):
-        assert client.get("/health").headers["X-Run-ID"] == "run-1"
-    assert store.calls.count("last_run") == lookups
+        assert client.get("/runs/no-such-run").headers["X-Run-ID"] == "run-1"
+    assert store.calls.count("latest_runs") == lookups
     inner.save_run(Run(run_id="run-2", stage="transform_load", source=None, status="succeeded",
                        started_at="2026-01-01T01:00:00.000Z"))
     clock.now += 60
-    assert client.get("/health").headers["X-Run-ID"] == "run-2"
-    assert store.calls.count("last_run") == lookups + 1
+    assert client.get("/runs/no-such-run").headers["X-Run-ID"] == "run-2"
+    assert store.calls.count("latest_runs") == lookups + 1
     inner.close()
 
 
@@ -126,7 +126,7 @@ def test_a_cached_run_id_survives_the_outage_that_follows():
             def answer(*args, **kwargs):
                 if state["down"]:
                     raise StoreError(DETAIL)
-                return run if method == "last_run" else None
+                return {"last_run": run, "latest_runs": [run]}.get(method)
             return answer
 
     healthy.inner = Inner()
