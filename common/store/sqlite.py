@@ -297,12 +297,15 @@ class SqliteStore(Store):
     def latest_by_source(self, query: DataQuery) -> list[dict]:
         where, params = self._asset_where(query)
         source = "AND s.source = ? " if query.source else ""
+        # CROSS JOIN fixes the join order (page of assets -> their sources -> one seek each), whatever the stats
         rows = self._read(
             f"SELECT {', '.join('n.' + c for c in NORMALIZED_FIELDS)} FROM "
-            f"(SELECT a.asset_id FROM assets a {where} ORDER BY a.asset_id LIMIT ? OFFSET ?) p "
-            f"JOIN asset_sources s ON s.asset_id = p.asset_id {source}"
-            "JOIN normalized n ON n.asset_id = s.asset_id AND n.source = s.source AND n.observed_at = "
-            "(SELECT MAX(m.observed_at) FROM normalized m WHERE m.asset_id = s.asset_id AND m.source = s.source) "
+            "(SELECT s.asset_id, s.source, (SELECT MAX(m.observed_at) FROM normalized m "
+            "WHERE m.asset_id = s.asset_id AND m.source = s.source) AS newest "
+            f"FROM (SELECT a.asset_id FROM assets a {where} ORDER BY a.asset_id LIMIT ? OFFSET ?) p "
+            f"CROSS JOIN asset_sources s WHERE s.asset_id = p.asset_id {source}) x "
+            "CROSS JOIN normalized n INDEXED BY normalized_asset_source_time "
+            "WHERE n.asset_id = x.asset_id AND n.source = x.source AND n.observed_at = x.newest "
             "ORDER BY n.asset_id, n.source, n.source_id",
             (*params, query.limit, (query.page - 1) * query.limit, *([query.source] if query.source else [])))
         return [dict(zip(NORMALIZED_FIELDS, row)) for row in rows]

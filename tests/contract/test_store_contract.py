@@ -1085,6 +1085,22 @@ class TestSqliteStore(StoreContract):
                 assert "TEMP B-TREE" not in plan and "USING" in plan and "INDEX" in plan, plan
         assert _data_where(DataQuery(symbols=("A",), from_at="x"))[0] == "symbol IN (?) AND observed_at >= ?"
 
+    def test_view_latest_is_one_index_seek_per_asset_and_source(self, store, monkeypatch):
+        plans, read = [], store._read
+
+        def explained(sql, params=()):
+            if "newest" in sql:
+                plans.append(" | ".join(r[3] for r in store._conn().execute("EXPLAIN QUERY PLAN " + sql, params)))
+            return read(sql, params)
+
+        monkeypatch.setattr(store, "_read", explained)
+        store.latest_by_source(DataQuery(source="a", symbols=("BTC",)))
+        store.latest_by_source(DataQuery())
+        for plan in plans:
+            assert "SEARCH n USING INDEX normalized_asset_source_time (asset_id=? AND source=? AND observed_at=?)" in plan
+            assert "SEARCH m USING COVERING INDEX normalized_asset_source_time (asset_id=? AND source=?)" in plan
+            assert "SCAN n" not in plan and "SCAN m" not in plan, plan
+
     def make_unreachable_store(self, tmp_path):
         (tmp_path / "not-a-dir").write_text("a file where the store's directory should be")
         return SqliteStore(str(tmp_path / "not-a-dir" / "etl.sqlite3"))
