@@ -423,7 +423,7 @@ class MongoStore(Store):
                 if query.source and source != query.source:
                     continue
                 newest = _limited(db.normalized.find({"asset_id": doc["_id"], "source": source})
-                                  .sort([("observed_at", DESCENDING), ("source_id", ASCENDING)]), 1)
+                                  .sort("observed_at", DESCENDING), 1)  # the index order: no in-memory sort
                 items += [_item(d) for d in newest]
         return items
 
