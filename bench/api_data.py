@@ -68,7 +68,8 @@ def measure(client, path: str, repeat: int) -> dict:
         times.append((time.perf_counter() - started) * 1000)
         assert response.status_code == 200
     times.sort()
-    return {"p50_ms": round(statistics.median(times), 2), "p99_ms": round(times[int(0.99 * (len(times) - 1))], 2), "bytes": len(response.get_data())}
+    return {"p50_ms": round(statistics.median(times), 2), "p99_ms": round(times[int(0.99 * (len(times) - 1))], 2),
+            "bytes": len(response.get_data())}
 
 
 def main() -> int:

@@ -1097,7 +1097,8 @@ class TestSqliteStore(StoreContract):
         store.latest_by_source(DataQuery(source="a", symbols=("BTC",)))
         store.latest_by_source(DataQuery())
         for plan in plans:
-            assert "SEARCH n USING INDEX normalized_asset_source_time (asset_id=? AND source=? AND observed_at=?)" in plan
+            seek = "SEARCH n USING INDEX normalized_asset_source_time (asset_id=? AND source=? AND observed_at=?)"
+            assert seek in plan, plan
             assert "SEARCH m USING COVERING INDEX normalized_asset_source_time (asset_id=? AND source=?)" in plan
             assert "SCAN n" not in plan and "SCAN m" not in plan, plan
 

@@ -152,7 +152,8 @@ def test_each_filter_and_its_total(client, loaded, query, expected):
     ("from=yesterday", "from"), ("from=1700000000", "from"), ("to=2026-13-01", "to"), ("to=%C3%A9", "to"),
     ("from=2026-01-02&to=2026-01-01", "from"), ("sort_by=name", "sort_by"), ("order=up", "order"),
     ("view=all", "view"), ("cursor=abc", "cursor"), ("cursor=%C3%A9", "cursor"), ("cursor=" + "A" * 3000, "cursor"),
-    ("view=latest&cursor=x", "cursor"), ("view=latest&sort_by=price_usd", "sort_by"), ("view=latest&from=2026-01-01", "from"),
+    ("view=latest&cursor=x", "cursor"), ("view=latest&sort_by=price_usd", "sort_by"),
+    ("view=latest&from=2026-01-01", "from"),
     ("bogus=1", "bogus"), ("symbol=a&symbol=b", "symbol"),
 ])
 def test_every_invalid_value_is_a_400_naming_it(client, loaded, query, name):
@@ -166,7 +167,8 @@ def test_every_invalid_value_is_a_400_naming_it(client, loaded, query, name):
 def test_a_cursor_with_page_above_one_or_other_filters_or_order_is_400(client, loaded):
     cursor = get_ok(client, "limit=2&symbol=BTC")["pagination"]["next_cursor"]
     assert get_ok(client, f"limit=2&symbol=BTC&page=1&cursor={cursor}")["data"]
-    for query in (f"page=2&symbol=BTC&cursor={cursor}", f"symbol=ETH&cursor={cursor}", f"order=asc&symbol=BTC&cursor={cursor}",
+    for query in (f"page=2&symbol=BTC&cursor={cursor}", f"symbol=ETH&cursor={cursor}",
+                  f"order=asc&symbol=BTC&cursor={cursor}",
                   f"sort_by=price_usd&symbol=BTC&cursor={cursor}", f"cursor={cursor[:-2]}"):
         response = client.get(f"/data?{query}")
         assert response.status_code == 400 and "cursor" in response.get_json()["error"]["message"], query
@@ -191,7 +193,8 @@ def test_totals_are_cached_per_filters_and_data_version(client, loaded, monkeypa
 def test_view_latest_puts_each_sources_newest_price_side_by_side(client, store):
     rows = [record("source_a", "btc", stamp(1), price_usd=1.0), record("source_a", "btc", stamp(5), price_usd=2.0),
             record("source_b", "btc-bitcoin", stamp(9), price_usd=3.0),
-            record("source_c", "bitcoin", stamp(7), price_usd=4.0), record("source_c", "bitcoin", stamp(2), price_usd=5.0),
+            record("source_c", "bitcoin", stamp(7), price_usd=4.0),
+            record("source_c", "bitcoin", stamp(2), price_usd=5.0),
             record("source_c", "ethereum", stamp(3), symbol="ETH", asset_id="eth-ethereum", name="Ethereum",
                    price_usd=6.0)]
     assets = [{"asset_id": "btc-bitcoin", "source": s, "symbol": "BTC", "name": "Bitcoin"} for s in SOURCES]
