@@ -15,10 +15,7 @@ _INDEXES = (  # (collection, keys, unique); created idempotently on first use
     ("normalized", ("source", "source_id", "observed_at"), True),
     ("normalized", ("symbol", "observed_at"), False),
     ("normalized", ("observed_at",), False),
-    # version 5: every sort of GET /data in its full order (keyset paging), and view=latest's (asset, source) seek
-    *(("normalized", (field, "source", "source_id", "observed_at"), False)
-      for field in ("symbol", "price_usd", "market_cap_usd", "volume_24h_usd", "ingested_at")),
-    ("normalized", ("observed_at", "source", "source_id"), False),
+    # version 5: view=latest's (asset, source) seek (no index per sort field: see common.store.INDEXED_SORTS)
     ("normalized", ("asset_id", "source", "observed_at"), False),
     ("raw_batches", ("status", "seq"), False),
     ("raw_batches", ("source", "status", "seq"), False),

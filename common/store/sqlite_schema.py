@@ -77,12 +77,9 @@ MIGRATIONS = {  # version -> statements that bring version - 1 up to it, in one 
     4: ("INSERT INTO run_counts (stage, source, status, count) SELECT stage, COALESCE(source, ''), status, COUNT(*) "
         "FROM runs WHERE true GROUP BY stage, COALESCE(source, ''), status "
         "ON CONFLICT (stage, source, status) DO UPDATE SET count = excluded.count",),
-    # every sort of GET /data read from an index in the full order (sort field, natural key): keyset pages cost
-    # the same at any depth, no temp b-tree; view=latest seeks (asset, source, newest time)
-    5: (*(f"CREATE INDEX IF NOT EXISTS normalized_by_{field} ON normalized ({field}, source, source_id, observed_at)"
-          for field in ("symbol", "price_usd", "market_cap_usd", "volume_24h_usd", "ingested_at")),
-        "CREATE INDEX IF NOT EXISTS normalized_by_observed_at ON normalized (observed_at, source, source_id)",
-        "CREATE INDEX IF NOT EXISTS normalized_asset_source_time ON normalized (asset_id, source, observed_at)"),
+    # view=latest seeks (asset, source, newest time). No index per sort field (INDEXED_SORTS): measured, each one
+    # costs every ingest far more than it saves a read (see common.store.INDEXED_SORTS)
+    5: ("CREATE INDEX IF NOT EXISTS normalized_asset_source_time ON normalized (asset_id, source, observed_at)",),
 }
 
 
