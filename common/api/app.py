@@ -16,6 +16,7 @@ from common.api.envelope import (any_error_response, etl_error_response, http_er
 from common.api.health import health_blueprint
 from common.api.limits import check_target
 from common.api.metrics import metrics_blueprint
+from common.api.openapi import openapi_blueprint
 from common.api.refresh import refresh_blueprint
 from common.api.runs import runs_blueprint
 from common.api.stats import stats_blueprint
@@ -70,6 +71,7 @@ def create_app(wiring: Wiring) -> flask.Flask:
     app.register_blueprint(health_blueprint(store, wiring.clock, wiring.settings.etl_schedule))
     app.register_blueprint(metrics_blueprint(store))
     app.register_blueprint(stats_blueprint(store, wiring.clock))
+    app.register_blueprint(openapi_blueprint())
     # <observability blueprints>
     return app
 

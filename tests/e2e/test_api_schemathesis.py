@@ -1,0 +1,50 @@
+"""schemathesis against GET /openapi.json: every operation, positive and negative examples, bounded and seeded.
+
+The API runs in-process over WSGI (`create_app` on a real SQLite store holding a few records and runs), so the
+checks see exactly what a caller would: no 5xx, and every status, content type, header and body as documented.
+POST /refresh gets no token: its success path would run a real pipeline pass against live sources; the checks
+still see its 401 (with WWW-Authenticate) for each generated request. Its 200/202/409/429 answers are covered by
+tests/unit/test_api_refresh.py and tests/e2e/test_api_refresh.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, settings as hypothesis_settings
+
+from common.api.app import create_app
+from common.store import Run
+from common.wiring import Wiring
+from tests.unit.test_api_data import dataset
+
+# Excluded: "schema-valid request rejected". OpenAPI cannot say that a cursor is only a value this API returned,
+# that `from` must be before `to`, or which parameters view=latest refuses; such requests answer the documented
+# 400 naming the parameter, which every other check still holds to the document.
+EXCLUDED = [schemathesis.checks.positive_data_acceptance]
+MAX_EXAMPLES = 25  # per operation; 9 operations in ~20 s on this machine
+
+
+@pytest.fixture
+def api_schema(settings, store):
+    store.commit_transformed(None, dataset(), [], [])
+    store.save_run(Run(run_id="pass-1", stage="pipeline", source=None, status="succeeded",
+                       started_at="2026-01-01T00:00:00.000Z", finished_at="2026-01-01T00:00:05.000Z",
+                       duration_ms=5000))
+    store.save_run(Run(run_id="x-1", stage="extract", source="source_a", status="failed",
+                       started_at="2026-01-01T00:00:01.000Z", finished_at="2026-01-01T00:00:02.000Z",
+                       duration_ms=1000))
+    wired = dataclasses.replace(settings, jwt_secret="s" * 32)  # refresh enabled: bad tokens answer 401
+    return schemathesis.openapi.from_wsgi("/openapi.json", create_app(Wiring(settings=wired, store=store)))
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
+                     suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+def test_every_answer_conforms_to_the_document(case):
+    case.call_and_validate(excluded_checks=EXCLUDED)
