@@ -17,6 +17,19 @@ def iso_utc(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def epoch_of(iso: str) -> float:
+    """The inverse of `iso_utc` (any ISO 8601 with a zone or `Z`); ValueError when it is not a timestamp."""
+    return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+
+
+def epoch_or_none(iso: object) -> float | None:
+    """`epoch_of`, or None for a missing or unreadable value (data written by someone else)."""
+    try:
+        return epoch_of(iso) if iso else None
+    except ValueError:
+        return None
+
+
 class Deadline:
     """The point after which an invocation must checkpoint and stop, leaving `margin_s` to do so."""
 

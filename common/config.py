@@ -245,38 +245,32 @@ def parse_rate(text: str, setting: str = "rate") -> RateSpec:
     return RateSpec(int(match.group(1)), _UNITS_MS[match.group(3)] * int(match.group(2) or 1))
 
 
-def parse_field_aliases(text: str) -> dict[str, dict[str, list[str]]]:
-    """`FIELD_ALIASES` JSON: {"source_b": {"price_usd": ["Closing Price"]}} (validated at start-up)."""
+def _per_source_json(text: str, setting: str, example: str, valid, shape: str) -> dict:
+    """A setting holding JSON `{"source": {"canonical_field": <value>}}`; `valid(value)` checks each leaf."""
     if not text:
         return {}
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"FIELD_ALIASES must be JSON such as {{\"source_b\": {{\"price_usd\": [\"Closing\"]}}}}: {exc}"
-                          ) from None
+        raise ConfigError(f"{setting} must be JSON such as {example}: {exc}") from None
     if not isinstance(value, dict) or not all(
-        isinstance(fields, dict) and all(isinstance(names, list) and all(isinstance(n, str) for n in names)
-                                         for names in fields.values())
-        for fields in value.values()
+        isinstance(fields, dict) and all(valid(leaf) for leaf in fields.values()) for fields in value.values()
     ):
-        raise ConfigError("FIELD_ALIASES must map source -> canonical field -> list of names")
+        raise ConfigError(f"{setting} must map source -> canonical field -> {shape}")
     return value
+
+
+def parse_field_aliases(text: str) -> dict[str, dict[str, list[str]]]:
+    """`FIELD_ALIASES` JSON: {"source_b": {"price_usd": ["Closing Price"]}} (validated at start-up)."""
+    return _per_source_json(text, "FIELD_ALIASES", '{"source_b": {"price_usd": ["Closing"]}}',
+                            lambda names: isinstance(names, list) and all(isinstance(n, str) for n in names),
+                            "list of names")
 
 
 def parse_field_formats(text: str) -> dict[str, dict[str, str]]:
     """`FIELD_FORMATS` JSON: {"source_b": {"observed_at": "%d-%m-%y %H:%M"}} (validated at start-up)."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"FIELD_FORMATS must be JSON such as {{\"source_b\": {{\"observed_at\": \"%d-%m-%y %H:%M\"}}}}: "
-                          f"{exc}") from None
-    if not isinstance(value, dict) or not all(
-        isinstance(fields, dict) and all(isinstance(fmt, str) and fmt for fmt in fields.values())
-        for fields in value.values()
-    ):
-        raise ConfigError("FIELD_FORMATS must map source -> canonical field -> format string")
+    value = _per_source_json(text, "FIELD_FORMATS", '{"source_b": {"observed_at": "%d-%m-%y %H:%M"}}',
+                             lambda fmt: isinstance(fmt, str) and bool(fmt), "format string")
     for source, fields in value.items():
         for name, fmt in fields.items():
             if not (re.search("%[Yy]", fmt) and re.search("%[mbB]", fmt) and "%d" in fmt):

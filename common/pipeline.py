@@ -5,12 +5,13 @@ from __future__ import annotations
 import requests
 
 from common.clock import Deadline
+from common.config import parse_rate
 from common.extract import Progress, extract_csv
 from common.extract_http import extract_http
 from common.runs import LeaseKeeper, run_stage
 from common.sources import SourceSpec, source_spec
 from common.sources.http_client import PageFetcher
-from common.sources.ratelimit import SourceLimiter, parse_rate
+from common.sources.ratelimit import SourceLimiter
 from common.store import Run
 from common.transform import transform_load
 from common.wiring import Wiring

@@ -19,12 +19,11 @@ from __future__ import annotations
 import copy
 import logging
 import uuid
-from datetime import datetime
 
 from common.alerts.messages import compose, name_of
 from common.alerts.notifiers import Notifier
 from common.alerts.redact import Redactor
-from common.clock import iso_utc
+from common.clock import epoch_of, iso_utc
 from common.config import Settings
 from common.store import Run, Store
 from common.store.state import update_state
@@ -95,7 +94,7 @@ def _staleness(store: Store, source: str, now: float, limit_s: float) -> Evidenc
     if last_ok is not None:
         since = last_ok.finished_at or last_ok.started_at
         facts["last_ok"] = f"Last successful extract: run {last_ok.run_id}, {last_ok.status} at {since}"
-        facts["last_ok_at"] = _epoch(since)
+        facts["last_ok_at"] = epoch_of(since)
     return Evidence("source_stale", source, None, runs, facts, since)
 
 
@@ -219,7 +218,3 @@ def _entry(stage: dict) -> dict:
 
 def _errors(errors: list) -> list[str]:
     return [str(e)[:MAX_ERROR_CHARS] for e in errors[:MAX_ERRORS]]
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

@@ -6,10 +6,9 @@ caller scrubs it before it leaves.
 
 from __future__ import annotations
 
-from datetime import datetime
 
 from common.alerts.notifiers import Message
-from common.clock import iso_utc
+from common.clock import epoch_of, iso_utc
 
 PREFIX = "[crypto-etl]"
 LABELS = {"opened": "FIRING", "reminder": "REMINDER", "resolved": "RESOLVED"}
@@ -45,7 +44,7 @@ def detail_of(doc: dict, now: float) -> str:
     if kind == "source_failing":
         return f"{doc['subject']} failed {streak} pass{'es' if streak != 1 else ''} in a row"
     if kind == "source_stale":
-        age = duration(now - _epoch(doc.get("failing_since") or iso_utc(now)))
+        age = duration(now - epoch_of(doc.get("failing_since") or iso_utc(now)))
         return f"no successful extract for {age} (limit {duration(facts.get('limit_s', 0))})"
     if kind == "quarantine_ratio":
         return (f"a pass quarantined {facts.get('ratio', 0):.1%} of its rows ({facts.get('quarantined', 0)} of "
@@ -59,11 +58,11 @@ def compose(doc: dict, transition: str, now: float, repeat_s: float) -> Message:
     if transition == "resolved":
         subject = f"{PREFIX} {label}: {name}"
         head = [f"{label}: {name}", f"Cleared by pass {doc.get('resolved_by', '?')} at {doc.get('resolved_at', '?')}.",
-                f"It had lasted since {since} ({duration(now - _epoch(since))})."]
+                f"It had lasted since {since} ({duration(now - epoch_of(since))})."]
     else:
         detail = detail_of(doc, now)
         subject = f"{PREFIX} {label}: {name} - {detail}"
-        head = [f"{label}: {name}", detail, f"Since: {since} ({duration(now - _epoch(since))} ago)"]
+        head = [f"{label}: {name}", detail, f"Since: {since} ({duration(now - epoch_of(since))} ago)"]
         if doc["kind"] == "source_stale":
             head.append(doc.get("facts", {}).get("last_ok", ""))
     lines = [*filter(None, head), "", f"Last pass: {doc.get('last_pass', '?')}", "Runs involved (oldest first):"]
@@ -88,7 +87,3 @@ def duration(seconds: float) -> str:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

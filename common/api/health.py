@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
 
 import flask
 
 from common.api.envelope import etl_error_response, request_id_of
 from common.api.params import single_values
-from common.clock import Clock, iso_utc
+from common.clock import Clock, epoch_or_none, iso_utc
 from common.errors import StoreError
 from common.schedule import TRIGGER_HEARTBEAT_KEY, parse_schedule
 from common.sources import SOURCE_NAMES
@@ -71,7 +70,7 @@ def health_blueprint(store: Store, clock: Clock, etl_schedule: str) -> flask.Blu
 
 
 def _heartbeat(beat: dict | None, now: float, stale_after_s: float) -> dict:
-    at = _epoch(beat.get("at")) if isinstance(beat, dict) else None
+    at = epoch_or_none(beat.get("at")) if isinstance(beat, dict) else None
     if at is None:
         return {**_check("component", "warn", now, None), "output": "no trigger heartbeat: is the trigger running?"}
     entry = _check("component", "pass", now, iso_utc(at))
@@ -82,7 +81,7 @@ def _heartbeat(beat: dict | None, now: float, stale_after_s: float) -> dict:
 
 
 def _freshness(source: str, run, now: float, stale_after_s: float) -> dict:
-    at = _epoch(run.finished_at or run.started_at) if run is not None else None
+    at = epoch_or_none(run.finished_at or run.started_at) if run is not None else None
     if at is None:
         return {**_check("component", "warn", now, None), "output": f"{source}: no successful extract yet"}
     entry = _check("component", "pass", now, iso_utc(at))
@@ -97,13 +96,6 @@ def _check(component_type: str, status: str, now: float, value, unit: str | None
     if unit:
         entry["observedUnit"] = unit
     return entry
-
-
-def _epoch(text) -> float | None:
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _ms(started: float) -> float:

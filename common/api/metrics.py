@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
 
 import flask
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from common.clock import epoch_or_none
 from common.api.params import single_values
 from common.errors import StoreError
 from common.schedule import TRIGGER_HEARTBEAT_KEY
@@ -74,7 +74,7 @@ class EtlCollector(Collector):
         last = GaugeMetricFamily("etl_last_success_timestamp_seconds",
                                  "End of the newest succeeded or partial run (Unix time)", labels=["stage", "source"])
         for run in store.latest_runs(GOOD):
-            at = _epoch(run.finished_at or run.started_at)
+            at = epoch_or_none(run.finished_at or run.started_at)
             if at is not None:
                 last.add_metric([run.stage, run.source or ""], at)
         records = GaugeMetricFamily("etl_records", "Normalized records stored", labels=["source"])
@@ -88,7 +88,7 @@ class EtlCollector(Collector):
         heartbeat = GaugeMetricFamily("etl_scheduler_heartbeat_timestamp_seconds",
                                       "The trigger's last heartbeat (Unix time); absent when it never beat")
         beat, _ = store.get_state(TRIGGER_HEARTBEAT_KEY)
-        at = _epoch(beat.get("at")) if isinstance(beat, dict) else None
+        at = epoch_or_none(beat.get("at")) if isinstance(beat, dict) else None
         if at is not None:
             heartbeat.add_metric([], at)
         responses = GaugeMetricFamily("etl_last_extract_http_responses",
@@ -142,10 +142,3 @@ def metrics_blueprint(store: Store) -> flask.Blueprint:
         return flask.Response(body, mimetype=None, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return blueprint
-
-
-def _epoch(text) -> float | None:
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

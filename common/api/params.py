@@ -67,11 +67,6 @@ def choice(values: Mapping[str, str], name: str, options: tuple[str, ...], defau
     return raw
 
 
-def parse_data_query(args: MultiDict) -> DataQuery:
-    """The query of GET /data (see `common.api.data`): filters, order, page or cursor."""
-    return parse_data_request(args).query
-
-
 @dataclass(frozen=True)
 class DataRequest:
     query: DataQuery

@@ -15,7 +15,7 @@ from pyrate_limiter import AbstractBucket, Limiter, Rate, RateItem
 from pyrate_limiter.limiter import SingleBucketFactory
 
 from common.clock import Clock, Deadline
-from common.config import RateSpec, Settings, parse_rate  # noqa: F401 (re-exported: the rate model)
+from common.config import RateSpec, Settings
 from common.errors import StoreError
 from common.store import SharedState
 from common.store.state import update_state

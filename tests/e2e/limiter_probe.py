@@ -12,7 +12,8 @@ import time
 import requests
 
 from common.clock import Deadline
-from common.sources.ratelimit import SourceLimiter, parse_rate
+from common.config import parse_rate
+from common.sources.ratelimit import SourceLimiter
 from common.store.sqlite import SqliteStore
 
 

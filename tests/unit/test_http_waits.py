@@ -15,7 +15,8 @@ from common.clock import Deadline
 from common.pipeline import run_extract
 from common.sources import source_spec
 from common.sources.http_client import PageFetcher
-from common.sources.ratelimit import RateSpec, SourceLimiter
+from common.config import RateSpec
+from common.sources.ratelimit import SourceLimiter
 from tests.unit.test_http_sources import C_URL, page_of, pages_requested, wiring  # noqa: F401 (fixture)
 from tests.unit.test_http_sources import clock  # noqa: F401 (fixture)
 

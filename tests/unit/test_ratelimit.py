@@ -6,7 +6,8 @@ import pytest
 
 from common.clock import Deadline
 from common.errors import ConfigError
-from common.sources.ratelimit import RateSpec, SourceLimiter, WindowFull, parse_rate
+from common.config import RateSpec, parse_rate
+from common.sources.ratelimit import SourceLimiter, WindowFull
 from common.store.sqlite import SqliteStore
 from tests.conftest import SleepingClock
 
