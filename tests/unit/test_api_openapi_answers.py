@@ -100,7 +100,7 @@ def test_a_refresh_that_runs_a_pass_answers_a_documented_200(made):
 
 
 def test_a_refresh_out_of_budget_answers_a_documented_202(tmp_path, made):
-    write_csv(tmp_path / "big.csv", csv_lines(coins=20, days=400))
+    write_csv(tmp_path / "big.csv", csv_lines(coins=40, days=1500))  # 3,000 chunks: never done within 1 s
     client, wiring = made(clock=system_clock, invocation_budget_s=1.0, source_b_path=str(tmp_path / "big.csv"),
                           csv_chunk_rows=20, lease_ttl_s=0.5, alert_timeout_s=0.1)
     token = mint_token(wiring.settings, 600, "test", time.time())

@@ -192,7 +192,7 @@ def test_a_refresh_while_a_pass_holds_the_pipeline_lease_is_409_with_its_id(made
 
 
 def test_a_tiny_budget_answers_202_with_the_pass_id_and_location(tmp_path, made):
-    write_csv(tmp_path / "big.csv", csv_lines(coins=20, days=400))
+    write_csv(tmp_path / "big.csv", csv_lines(coins=40, days=1500))  # 3,000 chunks: never done within 1 s
     client, wiring = made(clock=system_clock, invocation_budget_s=1.0, source_b_path=str(tmp_path / "big.csv"),
                           csv_chunk_rows=20, lease_ttl_s=0.5, alert_timeout_s=0.1)
     started = time.monotonic()
