@@ -2,7 +2,8 @@
 
 A chunk is whole lines only: a last line without its newline may still be being written by another program, so
 `read_chunk` stops before it and reports its length; the caller decides whether the file is complete (see
-`common.sources.csv_position` and `common.extract`).
+`common.sources.csv_position` and `common.extract`). The file may also be a `gs://` object or an `http(s)://` URL:
+`open` and `stat` then go through `common.sources.remote_file` and everything else reads it the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
 from common.errors import SourceError
+from common.sources.remote_file import RemoteObject, RemoteOptions, is_remote, remote_object
 
 IDENTITY_PREFIX_BYTES = 64 * 1024
 CHUNK_MAX_BYTES = 16 * 1024 * 1024
@@ -43,18 +45,28 @@ class CsvChunk:
 class CsvFile:
     """One CSV file read as header + line chunks; every line is a record (multi-line fields are refused)."""
 
-    def __init__(self, path: str, chunk_rows: int, max_line_bytes: int) -> None:
+    def __init__(self, path: str, chunk_rows: int, max_line_bytes: int, remote: RemoteOptions | None = None) -> None:
+        """`remote`: how to reach a `gs://` or `http(s)://` path (None: from the environment's settings)."""
+        if not path:
+            raise SourceError("no CSV location configured (SOURCE_B_PATH): a path, gs://bucket/object or a URL")
         self.path = path
         self.chunk_rows = chunk_rows
         self.max_line_bytes = max_line_bytes
+        self.remote: RemoteObject | None = remote_object(path, remote or _remote_options()) if is_remote(path) else None
+        self.shown = self.remote.shown if self.remote else path  # a URL's query may hold a signature: never shown
 
     def open(self) -> BinaryIO:
+        if self.remote:
+            return self.remote.open()
         try:
             return open(self.path, "rb")
         except OSError as exc:
             raise self._error(exc) from None
 
     def stat(self) -> FileStat:
+        """Size and mtime; for a remote object, size and its generation (or ETag) in mtime's place."""
+        if self.remote:
+            return FileStat(*self.remote.stat())
         try:
             result = os.stat(self.path)
         except OSError as exc:
@@ -71,9 +83,9 @@ class CsvFile:
         with self.open() as handle:
             line = handle.readline(self.max_line_bytes + 1)
         if not line.strip():
-            raise SourceError(f"CSV file is empty (no header line): {self.path}", path=self.path)
+            raise SourceError(f"CSV file is empty (no header line): {self.shown}", path=self.shown)
         if len(line) > self.max_line_bytes:
-            raise SourceError(f"CSV header line exceeds {self.max_line_bytes} bytes", path=self.path)
+            raise SourceError(f"CSV header line exceeds {self.max_line_bytes} bytes", path=self.shown)
         data_start = len(line)
         if line.startswith(BOM):
             line = line[len(BOM):]
@@ -194,6 +206,13 @@ def _decode_lines(joined: bytes, lines: list[bytes], first_row: int, rejects: li
             })
             decoded.append("\n")
     return "".join(decoded)
+
+
+def _remote_options() -> RemoteOptions:
+    """Remote options from the environment's settings, for callers that construct a CsvFile without them."""
+    from common.config import Settings
+
+    return RemoteOptions.from_settings(Settings.from_env())
 
 
 def digest(data: bytes) -> str:
