@@ -3,22 +3,29 @@
 Both answer with the stage's run as a dict (the ledger entry `Run.to_dict()` gives, as the stage functions return
 it under `"run"`), so the orchestrator neither knows nor cares where a stage ran. A stage that could not be reached
 at all is reported as a failed run with the reason and no run id: there is no ledger entry to point to.
+
+Deployed on Google Cloud, the stage functions are private (`--no-allow-unauthenticated`): with `STAGE_AUTH=oidc`
+each POST carries `Authorization: Bearer <identity token>`, minted by the metadata server for the stage's URL (its
+audience) under the caller's service account, which needs `roles/run.invoker` on the stage.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 from urllib.parse import urlsplit
 
 import requests
 
 from common.config import Settings
-from common.errors import ConfigError
+from common.errors import ConfigError, EtlError
 from common.pipeline import run_extract, run_transform
 from common.sources import REGISTRY, TRANSFORM_FUNCTION, declared
 from common.wiring import Wiring
+
+if TYPE_CHECKING:
+    from common.gcp_metadata import MetadataServer
 
 ANSWERED = (200, 409, 500)
 """Statuses a stage function answers with its run (done or partial, skipped, failed: see STATUS_CODES)."""
@@ -34,6 +41,14 @@ class StageInvoker(ABC):
     @abstractmethod
     def transform(self) -> dict:
         """One transform/load invocation."""
+
+
+def invoker_for(wiring: Wiring) -> StageInvoker:
+    """Over HTTP when every stage URL is set (the API's /refresh in a deployment where each stage is its own
+    function), else in this process."""
+    settings = wiring.settings
+    urls = [source.url(settings) for source in REGISTRY] + [settings.transform_load_url]
+    return HttpInvoker.from_settings(settings) if all(urls) else InProcessInvoker(wiring)
 
 
 def unreached(stage: str, source: str | None, reason: str, started: float) -> dict:
@@ -62,18 +77,28 @@ class HttpInvoker(StageInvoker):
     `timeout_s` bounds one call: a stage stops itself at its invocation budget, so an answer that takes longer than
     that (plus slack for a cold start) is not coming; the stage is reported failed and its lease runs out."""
 
-    def __init__(self, urls: Mapping[str, str], timeout_s: float, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, urls: Mapping[str, str], timeout_s: float, connect_timeout_s: float = 10.0,
+                 id_token: Callable[[str], str] | None = None) -> None:
+        """`id_token(audience)`: an OIDC identity token for a stage URL (None: requests carry no credentials)."""
         self.urls, self.timeout_s, self.connect_timeout_s = dict(urls), timeout_s, connect_timeout_s
+        self.id_token = id_token
 
     @classmethod
-    def from_settings(cls, settings: Settings, slack_s: float = 60.0) -> "HttpInvoker":
-        """Stage URLs from EXTRACT_SOURCE_A_URL ... TRANSFORM_LOAD_URL; every one must be set."""
+    def from_settings(cls, settings: Settings, slack_s: float = 60.0,
+                      metadata: "MetadataServer | None" = None) -> "HttpInvoker":
+        """Stage URLs from EXTRACT_SOURCE_A_URL ... TRANSFORM_LOAD_URL; every one must be set. With STAGE_AUTH=oidc,
+        identity tokens come from `metadata` (default: this process's metadata-server client)."""
         urls = {source.function: source.url(settings) for source in REGISTRY}
         urls[TRANSFORM_FUNCTION] = settings.transform_load_url
         missing = [f"{function.upper()}_URL" for function, url in urls.items() if not url]
         if missing:
             raise ConfigError(f"the HTTP stage invoker needs every stage URL; not set: {', '.join(missing)}")
-        return cls(urls, timeout_s=settings.invocation_budget_s + slack_s)
+        id_token = None
+        if settings.stage_auth == "oidc":
+            from common.gcp_metadata import metadata_server
+
+            id_token = (metadata or metadata_server()).id_token
+        return cls(urls, timeout_s=settings.invocation_budget_s + slack_s, id_token=id_token)
 
     def extract(self, source: str) -> dict:
         source_name = declared(source).name
@@ -85,8 +110,14 @@ class HttpInvoker(StageInvoker):
     def _post(self, function: str, stage: str, source: str | None) -> dict:
         url, started = self.urls[function], time.perf_counter()
         where = _origin(url)  # a URL's path or query may carry a token: only its origin goes into a reason
+        headers = {}
+        if self.id_token:
+            try:
+                headers["Authorization"] = f"Bearer {self.id_token(_audience(url))}"
+            except EtlError as exc:
+                return unreached(stage, source, f"{function}: no identity token to call {where}: {exc}", started)
         try:
-            response = requests.post(url, timeout=(self.connect_timeout_s, self.timeout_s))
+            response = requests.post(url, headers=headers, timeout=(self.connect_timeout_s, self.timeout_s))
         except requests.Timeout:
             return unreached(stage, source, f"{function}: no answer from {where} within {self.timeout_s:.0f}s; "
                                             "the stage may still be running", started)
@@ -101,12 +132,21 @@ class HttpInvoker(StageInvoker):
             return run
         error = body.get("error") if isinstance(body, dict) else None
         message = error.get("message") if isinstance(error, dict) else (response.text or "")[:200]
+        if response.status_code in (401, 403):
+            message += (" (a private stage: set STAGE_AUTH=oidc and grant the caller's service account "
+                        "roles/run.invoker on it)")
         return unreached(stage, source, f"{function}: HTTP {response.status_code} from {where}: {message}", started)
 
 
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _audience(url: str) -> str:
+    """The audience an identity token is minted for: the stage URL without query or fragment."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def _short(exc: Exception) -> str:
