@@ -191,11 +191,14 @@ def test_both_paths_serve_one_html_page_with_the_traceability_headers_and_no_out
         document = dom(html)
         assert document.one("html").attrs["lang"] == "en" and document.find_all("h1")
         for node in document.find_all("script") + document.find_all("link"):
-            assert (node.attrs.get("src") or node.attrs.get("href")).startswith("/static/"), node.attrs
+            assert (node.attrs.get("src") or node.attrs.get("href")).startswith("/status/assets/"), node.attrs
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
         assert "<style" not in html and " style=" not in html and "<script>" not in html  # CSP: nothing inline
-    for asset in ("/static/status.css", "/static/status.js"):
-        assert api.get(asset).status_code == 200
+    for node in document.find_all("script") + document.find_all("link"):
+        response = api.get(node.attrs.get("src") or node.attrs.get("href"))
+        assert response.status_code == 200 and response.mimetype in ("text/css", "text/javascript")
+        assert response.headers["X-Request-ID"] and "immutable" in response.headers["Cache-Control"]
+    assert api.get("/status/assets/..%2Fstatus.py").status_code == 404
 
 
 def test_tiles_show_fresh_stale_failed_and_the_quarantine_backlog(store, settings, clock):
@@ -205,7 +208,7 @@ def test_tiles_show_fresh_stale_failed_and_the_quarantine_backlog(store, setting
     assert "state-ok" in a.attrs["class"] and a.one(data_field="state").text() == "ok"
     assert "state-stale" in b.attrs["class"] and b.one(data_field="state").text() == "stale"
     assert "state-failed" in c.attrs["class"] and c.one(data_field="state").text() == "failed"
-    assert "3 h" in b.one(data_field="freshness").text()  # the age of the last good extract
+    assert b.one(data_field="freshness").text().startswith("2 h 59 min ago")  # finished 2 s after its 3 h-old start
     assert c.one(data_field="last-status").text().startswith("failed")
     assert c.one(data_field="last-status").one("a").attrs["href"] == "/status/runs/ec3"
     assert [number(t.one(data_field="records").text()) for t in (a, b, c)] == [3, 5, 2]
