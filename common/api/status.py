@@ -44,6 +44,7 @@ STALE_AFTER_PERIODS = 2
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
           "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 STATIC = Path(__file__).with_name("static")
+ASSETS = {"status.css": "text/css", "status.js": "text/javascript"}
 STYLES = {source: style(index) for index, source in enumerate(SOURCE_NAMES)}
 """One look per source on every chart and legend."""
 
@@ -51,7 +52,8 @@ STYLES = {source: style(index) for index, source in enumerate(SOURCE_NAMES)}
 def status_blueprint(store: Store, clock: Clock, etl_schedule: str) -> flask.Blueprint:
     blueprint = flask.Blueprint("status", __name__)
     model = StatusModel(store, clock, STALE_AFTER_PERIODS * parse_schedule(etl_schedule).period_s)
-    versions = {name: _digest(STATIC / name) for name in ("status.css", "status.js")}
+    assets = {name: (STATIC / name).read_bytes() for name in ASSETS}
+    versions = {name: hashlib.sha256(body).hexdigest()[:12] for name, body in assets.items()}
 
     @blueprint.app_template_filter("ago")
     def ago(iso: str | None) -> str:
@@ -77,6 +79,18 @@ def status_blueprint(store: Store, clock: Clock, etl_schedule: str) -> flask.Blu
             longest=max([row.run.duration_ms or 0 for row in overview.passes] or [0]) or 1,
             stale_after_ms=model.stale_after_s * 1000, points=POINTS, now=iso_utc(clock()),
             refresh_s=REFRESH_S, versions=versions))
+
+    @blueprint.get("/status/assets/<name>")
+    def asset(name: str):
+        """The page's CSS and script. Not under /static: functions-framework's own app answers /static/ itself.
+        Their URLs carry `v` (a digest of the file), so a browser may keep them for a year."""
+        single_values(flask.request.args, ("v",))
+        if name not in assets:
+            raise NotFound("no such asset")
+        response = flask.Response(assets[name], mimetype=ASSETS[name])
+        response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     @blueprint.get("/status/runs/<run_id>")
     def run_page(run_id: str):
@@ -131,10 +145,6 @@ def _short_time(iso: str) -> str:
 
 def _texts(values) -> list[str]:
     return [str(v) for v in values] if isinstance(values, list) else []
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def _html(body: str) -> flask.Response:

@@ -12,7 +12,7 @@ import math
 import time
 
 WIDTH, HEIGHT = 720, 280
-LEFT, RIGHT, TOP, BOTTOM = 64, 16, 12, 36
+LEFT, RIGHT, TOP, BOTTOM = 72, 16, 12, 36
 MARKERS_UP_TO = 40
 """A series with at most this many points gets a marker on each (a single point would draw no line)."""
 STYLES = ({"colour": "#0072b2", "dash": "", "marker": "circle"},
@@ -44,6 +44,15 @@ def money(value: float) -> str:
         return "0"
     digits = 2 if abs(value) >= 1 else min(8, 2 - int(math.floor(math.log10(abs(value)))))
     return f"{value:,.{digits}f}"
+
+
+def tick_label(value: float, ticks: list[float]) -> str:
+    """An axis label with as many decimals as the tick step needs (105,000 not 105,000.00; 0.25 not 0)."""
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else abs(value) or 1.0
+    decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
+    scaled = step * 10 ** decimals
+    decimals += 1 if step < 1 and abs(scaled - round(scaled)) > 1e-9 else 0
+    return f"{value:,.{decimals}f}"
 
 
 def _time_label(epoch: float, span: float) -> str:
@@ -83,7 +92,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], styles: dict[str, d
     x_ticks = [(x_of(x_low + span * i / 4), _time_label(x_low + span * i / 4, span)) for i in range(5)]
     return {"width": WIDTH, "height": HEIGHT, "left": LEFT, "right": WIDTH - RIGHT, "top": TOP,
             "bottom": HEIGHT - BOTTOM, "series": drawn, "x_ticks": x_ticks,
-            "y_ticks": [(y_of(v), money(v)) for v in y_ticks]}
+            "y_ticks": [(y_of(v), tick_label(v, y_ticks)) for v in y_ticks]}
 
 
 def bar_chart(groups: list[tuple[str, str]], keys: list[str], values: dict[tuple[str, str], int]) -> dict | None:
