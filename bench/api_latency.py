@@ -277,6 +277,7 @@ def api_cases(meta: dict, cursor: str) -> list[Case]:
         Case("stats", "api", "/stats"),
         Case("metrics", "api", "/metrics"),
         Case("health", "api", "/health"),
+        Case("health/live", "api", "/health/live"),  # no target: the app's own floor (it touches no store)
         Case("status page /", "api", "/", optional=True),
     ]
 

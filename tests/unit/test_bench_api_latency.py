@@ -175,7 +175,8 @@ def test_a_tiny_run_against_real_servers_prints_the_table_and_a_json_line(tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     expected = {"no-op handler", "minimal handler", "data page 1", "data cursor ~half deep", "data page=N (OFFSET)",
-                "data symbol=BTC", "data from/to (1 day)", "data view=latest", "stats", "metrics", "health"}
+                "data symbol=BTC", "data from/to (1 day)", "data view=latest", "stats", "metrics", "health",
+                "health/live"}
     assert expected <= set(summary["cases"])
     for name in expected:
         case = summary["cases"][name]
