@@ -1,0 +1,163 @@
+"""Deployment to Google Cloud Functions gen2: each package's requirements pinned to the versions tested here, and
+`make deploy`'s dry run — every function deployed from its package, only http_api public, secrets from Secret
+Manager, Cloud Scheduler calling the private stages with OIDC within an attempt deadline past the budget."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+FUNCTIONS = sorted(p.name for p in (ROOT / "functions").iterdir() if (p / "main.py").exists())
+API = "http_api"
+STAGES = [name for name in FUNCTIONS if name != API]
+DEPLOY_ENV = {"GCP_PROJECT": "my-proj", "GCP_REGION": "europe-west1",
+              "RUNTIME_SERVICE_ACCOUNT": "etl-fn@my-proj.iam.gserviceaccount.com",
+              "SCHEDULER_SERVICE_ACCOUNT": "etl-scheduler@my-proj.iam.gserviceaccount.com",
+              "SOURCE_B_PATH": "gs://my-bucket/Historical_Data.csv", "INVOCATION_BUDGET_S": "540"}
+
+
+def dry_run(**env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in DEPLOY_ENV and k not in ("DEPLOY", "ETL_SCHEDULE")}
+    return subprocess.run([sys.executable, "-m", "deploy.gcloud"], cwd=ROOT, capture_output=True, text=True,
+                          env={**clean, **DEPLOY_ENV, **env})
+
+
+def commands(output: str) -> list[list[str]]:
+    """The gcloud commands of the printed script (comments and variable assignments aside)."""
+    found = []
+    for line in output.splitlines():
+        words = shlex.split(line, comments=True)
+        if words and "gcloud" in words:
+            found.append(words[words.index("gcloud"):])
+    return found
+
+
+def flag(words: list[str], name: str) -> str | None:
+    for word in words:
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def test_every_package_pins_the_exact_runtime_versions_tested_here():
+    from deploy.pins import runtime_pins
+
+    pins = runtime_pins()
+    names = {line.split("==")[0].lower().replace("_", "-") for line in pins}
+    assert {"functions-framework", "flask", "pymongo", "requests", "pyjwt", "prometheus-client", "gunicorn",
+            "werkzeug", "urllib3"} <= names  # direct and transitive
+    for name in FUNCTIONS:
+        lines = (ROOT / "functions" / name / "requirements.txt").read_text().splitlines()
+        wanted = [line for line in lines if line and not line.startswith("#")]
+        assert wanted == pins, f"functions/{name}/requirements.txt is not `python -m deploy.pins --write` output"
+        assert all("==" in line for line in wanted)
+
+
+def test_dry_run_deploys_every_function_with_only_the_api_public():
+    result = dry_run()
+    assert result.returncode == 0, result.stderr
+    deploys = {words[3]: words for words in commands(result.stdout) if words[1:3] == ["functions", "deploy"]}
+    assert sorted(deploys) == FUNCTIONS
+    for name, words in deploys.items():
+        assert {"--gen2", "--trigger-http"} <= set(words)
+        assert (flag(words, "--runtime"), flag(words, "--entry-point"), flag(words, "--source")) == \
+            ("python311", name, f"build/{name}")
+        assert flag(words, "--region") == "europe-west1" and flag(words, "--project") == "my-proj"
+        assert flag(words, "--service-account") == DEPLOY_ENV["RUNTIME_SERVICE_ACCOUNT"]
+        assert "MONGODB_URI=etl-mongodb-uri:latest" in flag(words, "--set-secrets").split(",")
+        assert int(flag(words, "--timeout").rstrip("s")) > 540
+        public = "--allow-unauthenticated" in words
+        private = "--no-allow-unauthenticated" in words
+        assert (public, private) == ((True, False) if name == "http_api" else (False, True)), name
+    assert "JWT_SECRET=etl-jwt-secret:latest" in flag(deploys["http_api"], "--set-secrets").split(",")
+    assert not any("JWT_SECRET" in flag(deploys[name], "--set-secrets") for name in STAGES)
+    api_env = flag(deploys["http_api"], "--set-env-vars")
+    assert "STAGE_AUTH=oidc" in api_env and "EXTRACT_SOURCE_B_URL=" in api_env and "TRANSFORM_LOAD_URL=" in api_env
+    assert "SOURCE_B_PATH=gs://my-bucket/Historical_Data.csv" in flag(deploys["extract_source_b"], "--set-env-vars")
+
+
+def test_dry_run_schedules_each_private_stage_with_oidc_and_grants_the_callers_invoker():
+    result = dry_run(ETL_SCHEDULE="15 * * * *")
+    assert result.returncode == 0, result.stderr
+    words_list = commands(result.stdout)
+    jobs = [w for w in words_list if w[1:4] == ["scheduler", "jobs", "create"]]
+    targets = {}
+    for words in jobs:
+        assert words[4] == "http"
+        assert flag(words, "--oidc-service-account-email") == DEPLOY_ENV["SCHEDULER_SERVICE_ACCOUNT"]
+        assert flag(words, "--http-method") == "POST"
+        deadline = int(flag(words, "--attempt-deadline").rstrip("s"))
+        assert 540 < deadline <= 1800
+        assert flag(words, "--oidc-token-audience") == flag(words, "--uri")
+        targets[flag(words, "--uri")] = flag(words, "--schedule")
+    assert sorted(targets) == sorted(f"${{URL_{name.upper()}}}" for name in STAGES)  # never the public API
+    assert targets["${URL_EXTRACT_SOURCE_B}"] == "15 * * * *"
+    grants = [w for w in words_list if w[1:3] == ["functions", "add-invoker-policy-binding"]]
+    granted = {(w[3], flag(w, "--member")) for w in grants}
+    for name in STAGES:
+        assert (name, f"serviceAccount:{DEPLOY_ENV['SCHEDULER_SERVICE_ACCOUNT']}") in granted
+        assert (name, f"serviceAccount:{DEPLOY_ENV['RUNTIME_SERVICE_ACCOUNT']}") in granted  # the API's /refresh
+    assert not any(w[3] == "http_api" for w in grants)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"INVOCATION_BUDGET_S": "1750"}, "attempt deadline"),
+    ({"SOURCE_B_PATH": "./data/Historical_Data.csv"}, "SOURCE_B_PATH"),
+    ({"GCP_PROJECT": ""}, "GCP_PROJECT"),
+    ({"ETL_SCHEDULE": "45s"}, "ETL_SCHEDULE"),
+])
+def test_dry_run_refuses_what_cannot_work_once_deployed(env, message):
+    result = dry_run(**env)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_make_deploy_is_a_dry_run_by_default_and_needs_gcloud_to_run(tmp_path):
+    if not shutil.which("make"):
+        raise AssertionError("make is required")
+    clean = {k: v for k, v in os.environ.items() if k not in ("DEPLOY",)}
+    shown = subprocess.run(["make", "-s", "deploy"], cwd=ROOT, capture_output=True, text=True,
+                           env={**clean, **DEPLOY_ENV})
+    assert shown.returncode == 0, shown.stderr
+    assert "dry run" in shown.stdout and "gcloud functions deploy http_api" in shown.stdout
+    tools = tmp_path / "bin"  # what the recipes need, and no gcloud
+    tools.mkdir()
+    for tool in ("make", "sh", "bash", "rm", "mkdir", "cp", "find", "basename"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    ran = subprocess.run(["make", "-s", "deploy"], cwd=ROOT, capture_output=True, text=True,
+                         env={**clean, **DEPLOY_ENV, "DEPLOY": "1", "PATH": str(tools)})
+    assert ran.returncode != 0 and "gcloud not found" in ran.stderr, ran.stderr
+
+
+def test_gcloud_accepts_every_kind_of_command_in_the_dry_run(tmp_path):
+    """Each distinct gcloud command is parsed by the real Cloud SDK with an empty configuration: it gets as far as
+    "no active account" (arguments accepted), never "unrecognized arguments". Nothing can be deployed: there are
+    no credentials in that configuration and no Google Cloud settings are passed on."""
+    gcloud = shutil.which("gcloud")
+    if not gcloud:
+        raise AssertionError("gcloud (the Google Cloud CLI) is required to check the deploy commands")
+    script = dry_run(DEPLOY_SECRETS="SOURCE_C_API_KEY,ALERT_WEBHOOK_URL").stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSDK_", "GOOGLE_", "GCE_"))}
+    env.update(CLOUDSDK_CONFIG=str(tmp_path / "gcloud-config"), CLOUDSDK_CORE_DISABLE_PROMPTS="1",
+               **{f"URL_{name.upper()}": f"https://{name.replace('_', '-')}-x-uc.a.run.app" for name in STAGES})
+    seen: set[tuple[str, ...]] = set()
+    for line in script.splitlines():
+        words = shlex.split(line, comments=True)
+        if not words or words[0] != "gcloud" or "describe" in words:
+            continue
+        kind = tuple(w for w in words[1:5] if not w.startswith("-"))[:3] + ((API,) if API in words else ())
+        if kind in seen:
+            continue
+        seen.add(kind)
+        command = line.split(" 2>/dev/null")[0]
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=120)
+        assert "unrecognized arguments" not in result.stderr and "argument " not in result.stderr, \
+            f"{command}\n{result.stderr}"
+        assert result.returncode != 0 and "active account" in result.stderr, f"{command}\n{result.stderr}"
+    assert len(seen) >= 7
