@@ -216,8 +216,9 @@ def seed_known(store, now: float) -> dict:
         _run(store, f"t{n}", at + 30, stage="transform_load", rows_out=sum(v["loaded"] for v in by_source.values()),
              summary={"by_source": by_source})
         entries.append(stage_entry("transform_load", None, f"t{n}", "succeeded"))
+        total = sum(v["loaded"] for v in by_source.values())
         _run(store, f"p{n:02d}", at, stage="pipeline", status="partial" if newest else "succeeded",
-             duration_ms=40_000 + 5000 * n, summary={"stages": entries})
+             duration_ms=40_000 + 5000 * n, summary={"stages": entries}, rows_in=total, rows_out=total)
         loaded[f"p{n:02d}"] = {s: v["loaded"] for s, v in by_source.items()}
     assets = [{"asset_id": "btc-bitcoin", "symbol": "BTC", "name": "Bitcoin", "source": s}
               for s in ("source_a", "source_b", "source_c")]
@@ -291,6 +292,7 @@ def test_page_in_chromium_shows_the_known_figures_without_console_errors(server,
     failed_link = browser.js("document.querySelector('#passes tr[data-run-id=p11] "
                              "td[data-stage=\"extract:source_c\"] a').getAttribute('href')")
     assert failed_link == "/status/runs/e11c"
+    assert browser.js("document.querySelector('#passes tr[data-run-id=p11] [data-field=rows-in]').textContent") == "210"
     cells = browser.js("Object.fromEntries([...document.querySelectorAll('#rows-table td')].map("
                        "c => [c.parentElement.dataset.runId + ':' + c.dataset.source, c.textContent.trim()]))")
     assert cells["p11:source_a"] == f"{loaded['p11']['source_a']:,}" and cells["p11:source_c"] == "0"
