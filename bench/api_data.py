@@ -89,9 +89,9 @@ def main() -> int:
     client = app.test_client()
     deep = args.rows // 2
     deep_query = DataQuery(limit=1, page=deep)  # the row before the cursor page, read once (OFFSET) for the setup
-    cursor = encode_cursor(DataQuery(), store.read_normalized(deep_query)[0])
+    cursor = encode_cursor(DataQuery(), store.read_page(deep_query).after)
     price_deep = DataQuery(sort_by="price_usd", limit=1, page=deep)
-    price_cursor = encode_cursor(DataQuery(sort_by="price_usd"), store.read_normalized(price_deep)[0])
+    price_cursor = encode_cursor(DataQuery(sort_by="price_usd"), store.read_page(price_deep).after)
     cases = {
         "page 1 (limit=100)": "/data?limit=100",
         f"cursor page {deep} rows deep": f"/data?limit=100&cursor={cursor}",

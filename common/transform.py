@@ -19,11 +19,13 @@ def transform_load(
     With a spare core, the next batch is normalized in a worker process while this one is written.
     A batch that cannot be read at all (a required field missing from it) is quarantined whole and makes the run
     `failed` with the reason, after every other batch has been loaded; so does quarantining more than
-    `quarantine_max_ratio` of the run's rows (a file whose dates a spreadsheet rewrote must not "succeed")."""
+    `quarantine_max_ratio` of the run's rows (a file whose dates a spreadsheet rewrote must not "succeed").
+    A large backlog loads with the store's sort indexes dropped and built after it (`begin_bulk_load`)."""
     run.summary.update(batches=0, blank_lines=0, by_source={})
     mappers = Mappers(store, settings, run.run_id, clock)
     status = "partial"
     try:
+        run.summary["bulk_load"] = store.begin_bulk_load()
         with Normalizer(settings, mappers, run.run_id, clock) as normalizer:
             while not deadline.near():
                 pending = store.pending_raw_batches(limit=2)
@@ -40,6 +42,7 @@ def transform_load(
                 run.summary["warnings"].append("invocation deadline reached; pending batches are left for the next run")
     finally:
         mappers.summarize(run)
+        store.finish_bulk_load()  # also builds what a crashed bulk load left missing
     _check_quarantine_ratio(run, settings.quarantine_max_ratio)
     return "failed" if run.summary["errors"] else status
 

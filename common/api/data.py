@@ -1,17 +1,19 @@
 """GET /data: normalized records, paged by `page` or by an opaque keyset `cursor`, or one entry per asset.
 
-Why a cursor: OFFSET costs a walk over every skipped row (5.5 s at page 5000 of 1M rows); a keyset cursor (the
-sort key of the last row served: sort value, source, source_id, observed_at) is one index seek at any depth and
-stays right while rows arrive: rows inserted behind it are not seen, rows ahead of it are, none twice.
-NULL sort values (a missing price, market cap or volume) sort lowest: last when descending, first ascending.
+Why a cursor: OFFSET costs a walk over every skipped row; a keyset cursor (the last row's sort value and its
+position in the store, `Rows.after`) is one index seek at any depth and stays right while rows arrive: rows
+inserted behind it are not seen, rows ahead of it are, none twice. NULL sort values (a missing price, market cap or
+volume) sort lowest: last when descending, first ascending.
 
-Why cached totals: a COUNT over a million rows costs more than the page. Records change only when a transform
-commits, and every commit bumps the store's data version in the same write, so a total is cached per
-(filters, data version): one small read per request instead of a scan.
+Why cached answers: records change only when a transform commits, and every commit bumps the store's data version
+in the same write. So a total (a COUNT over a million rows costs more than the page) and a whole encoded page are
+kept per (query, data version): a repeated request costs one small read and no encoding; any commit invalidates
+them all at once.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from dataclasses import replace
@@ -22,64 +24,87 @@ from common.api.params import DataRequest, encode_cursor, parse_data_request
 from common.store import DataQuery, RecordStore
 
 MAX_CACHED_TOTALS = 512
+MAX_CACHED_PAGES = 256
+MAX_CACHED_PAGE_BYTES = 32 * 2**20
 
 
-class TotalsCache:
-    """Totals per (view, filters), valid while the store's data version is the one they were counted at."""
+class VersionedCache:
+    """Values per key, valid while the store's data version is the one they were computed at; bounded in entries
+    and bytes (full: everything is dropped, cheaper to keep right than an LRU and refilled by the next requests)."""
 
-    def __init__(self, store: RecordStore) -> None:
-        self.store = store
+    def __init__(self, max_entries: int, max_bytes: int | None = None) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
         self._lock = threading.Lock()
         self._version: int | None = None
-        self._totals: dict[tuple, int] = {}
+        self._values: dict = {}
+        self._bytes = 0
 
-    def total(self, view: str | None, query: DataQuery) -> int:
-        version = self.store.data_version()
-        key = (view, tuple(sorted(query.wanted_symbols())), query.source, query.asset_id, query.from_at, query.to_at)
+    def get(self, version: int, key):
+        with self._lock:
+            return self._values.get(key) if version == self._version else None
+
+    def put(self, version: int, key, value, size: int = 0) -> None:
         with self._lock:
             if version != self._version:
-                self._version, self._totals = version, {}
-            if key in self._totals:
-                return self._totals[key]
-        total = self.store.count_assets(query) if view == "latest" else self.store.count_matching(query)
-        with self._lock:
-            if version == self._version:
-                if len(self._totals) >= MAX_CACHED_TOTALS:
-                    self._totals.clear()
-                self._totals[key] = total
-        return total
+                if self._version is not None and version < self._version:
+                    return  # computed by a request that started before a newer commit was seen: stale
+                self._version, self._values, self._bytes = version, {}, 0
+            full = len(self._values) >= self.max_entries or (
+                self.max_bytes is not None and self._bytes + size > self.max_bytes)
+            if full:
+                self._values, self._bytes = {}, 0
+            if self.max_bytes is None or size <= self.max_bytes:
+                self._values[key] = value
+                self._bytes += size
+
+
+def _filters(view: str | None, query: DataQuery) -> tuple:
+    return view, tuple(sorted(query.wanted_symbols())), query.source, query.asset_id, query.from_at, query.to_at
 
 
 def data_blueprint(store: RecordStore) -> flask.Blueprint:
     blueprint = flask.Blueprint("data", __name__)
-    totals = TotalsCache(store)
+    totals, pages = VersionedCache(MAX_CACHED_TOTALS), VersionedCache(MAX_CACHED_PAGES, MAX_CACHED_PAGE_BYTES)
+
+    def total(version: int, view: str | None, query: DataQuery) -> int:
+        key = _filters(view, query)
+        found = totals.get(version, key)
+        if found is None:
+            found = store.count_assets(query) if view == "latest" else store.count_matching(query)
+            totals.put(version, key, found)
+        return found
 
     @blueprint.get("/data")
     def data():
         request = parse_data_request(flask.request.args)
-        if request.view == "latest":
-            return _latest(store, request, totals)
-        return _rows(store, request, totals)
+        query = request.query
+        version = store.data_version()  # read first: a commit after it makes what we compute stale, never wrong
+        key = (*_filters(request.view, query), query.sort_by, query.descending, query.page, query.limit,
+               query.after, request.cursor)
+        body = pages.get(version, key)
+        if body is None:
+            count = total(version, request.view, query)
+            answer = _latest(store, query, count) if request.view == "latest" else _rows(store, request, count)
+            body = json.dumps(answer, separators=(",", ":")).encode()
+            pages.put(version, key, body, len(body))
+        return flask.Response(body, mimetype="application/json")
 
     return blueprint
 
 
-def _rows(store: RecordStore, request: DataRequest, totals: TotalsCache) -> dict:
+def _rows(store: RecordStore, request: DataRequest, total: int) -> dict:
     query = request.query
-    items = store.read_normalized(replace(query, limit=query.limit + 1))  # one more: is there a next page?
-    more, items = len(items) > query.limit, items[:query.limit]
-    total = totals.total(None, query)
+    rows = store.read_page(query)
     pagination: dict = {"limit": query.limit, "total": total}
     if not request.cursor:
         pagination = {"page": query.page, **pagination, "pages": math.ceil(total / query.limit)}
-    if more:
-        pagination["next_cursor"] = encode_cursor(query, items[-1])
-    return {"data": items, "pagination": pagination}
+    if rows.after is not None:
+        pagination["next_cursor"] = encode_cursor(query, rows.after)
+    return {"data": rows.items, "pagination": pagination}
 
 
-def _latest(store: RecordStore, request: DataRequest, totals: TotalsCache) -> dict:
+def _latest(store: RecordStore, query: DataQuery, total: int) -> dict:
     """One entry per asset: its newest observation, and each source's newest price beside it."""
-    query = request.query
     assets: dict[str, dict] = {}
     for item in store.latest_by_source(query):  # ordered by asset_id, then source
         entry = assets.get(item["asset_id"])
@@ -93,6 +118,5 @@ def _latest(store: RecordStore, request: DataRequest, totals: TotalsCache) -> di
                          price_usd=item["price_usd"], source=item["source"])
     data = [{"asset_id": e["asset_id"], "symbol": e["symbol"], "name": e["name"], "observed_at": e["observed_at"],
              "price_usd": e["price_usd"], "source": e["source"], "sources": e["sources"]} for e in assets.values()]
-    total = totals.total("latest", query)
     return {"data": data, "pagination": {"page": query.page, "limit": query.limit, "total": total,
                                          "pages": math.ceil(total / query.limit)}}

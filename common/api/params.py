@@ -138,9 +138,10 @@ def _fingerprint(query: DataQuery) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def encode_cursor(query: DataQuery, item: dict) -> str:
-    """Opaque to clients: the sort key of the last row served, bound to the query's order and filters."""
-    body = json.dumps([_fingerprint(query), list(query.sort_key(item))], separators=(",", ":"))
+def encode_cursor(query: DataQuery, after: tuple) -> str:
+    """Opaque to clients: where the next page starts (`Rows.after`: the last row's sort value and position in
+    the store), bound to the query's order and filters."""
+    body = json.dumps([_fingerprint(query), list(after)], separators=(",", ":"))
     return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
 
 
@@ -149,13 +150,13 @@ def decode_cursor(raw: str, query: DataQuery) -> tuple:
         raise InputError("cursor must be a next_cursor returned by GET /data, unchanged")
     try:
         fingerprint, after = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        value, *key = after
+        value, position = after
         valid = (isinstance(value, (str, int, float, type(None))) and not isinstance(value, bool)
-                 and len(key) == 3 and all(isinstance(part, str) for part in key))
+                 and isinstance(position, (str, int)) and not isinstance(position, bool))
     except (ValueError, TypeError):
         valid = False
     if not valid:
         raise InputError("cursor must be a next_cursor returned by GET /data, unchanged")
     if fingerprint != _fingerprint(query):
         raise InputError("cursor belongs to another query: keep sort_by, order and the filters of the walk")
-    return value, *key
+    return value, position

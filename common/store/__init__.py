@@ -20,20 +20,20 @@ NORMALIZED_FIELDS: tuple[str, ...] = (
 FIRST_SEEN_FIELDS = frozenset({"ingested_at", "run_id"})
 """Kept from the first write of a record; every other field is overwritten by later writes."""
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """1: the first release; 2: lease epochs (fencing); 3: CSV records keyed by symbol + name, fixed-width timestamps;
 4: run counts per (stage, source, status) kept as runs are written, runs indexed by (stage, source, status, start);
-5: normalized records indexed by each sortable field + the natural key (keyset paging), and by (asset, source, time)."""
+5: normalized records indexed by (asset, source, time) for view=latest; 6: an index per sortable field with a unique
+record position as tiebreaker (SQLite: records in a rowid table; MongoDB: the record's _id)."""
 
 DATA_VERSION_KEY = "records:data_version"
 """The shared-state document whose version `commit_transformed` bumps in the same write (see `data_version`)."""
 
 SORTABLE_FIELDS = ("observed_at", "symbol", "price_usd", "market_cap_usd", "volume_24h_usd", "ingested_at")
-INDEXED_SORTS: tuple[str, ...] = ()
-"""Sorts of GET /data read from an index in their full order. None yet, on purpose: every sort is served, correctly,
-by sorting the filtered rows, because an index per sort field costs every ingest more than the reads it saves with
-this table's wide text key (1M CSV rows: 2.6x the floor without, 4.9x with an observed_at index, 17.5x with one per
-sort field). Index-served deep pages need a narrower key (a rowid table): an open item of issue 9."""
+INDEXED_SORTS = SORTABLE_FIELDS
+"""Sorts of GET /data read from an index in their full order: every one, as (field, record position). Cheap to keep
+only because the entries are narrow (SQLite: a value and the row id) and a bulk load builds them after loading
+(`RecordStore.begin_bulk_load`): kept row by row through a 1M-row CSV load they cost 22-34 s, built after it 2-3 s."""
 RUN_STATUSES = ("running", "succeeded", "partial", "failed", "skipped")
 
 
@@ -90,11 +90,11 @@ class Run:
 class DataQuery:
     """A validated read of normalized records.
 
-    Order: `sort_by`, then the natural key (source, source_id, observed_at) as the unique tiebreaker, all in one
-    direction; NULL values of `sort_by` count as lower than any value (first ascending, last descending), as both
-    SQLite and MongoDB sort them. `after`: the sort key (value, source, source_id, observed_at) of the last row of
-    the previous page: keyset paging, only rows strictly after it (then `page` must be 1). `from_at` inclusive,
-    `to_at` exclusive, both canonical `YYYY-MM-DDTHH:MM:SS.sssZ` on observed_at."""
+    Order: `sort_by`, then the record's position in the store (SQLite: its row id, in first-ingest order; MongoDB:
+    its _id) as the unique tiebreaker, both in one direction; NULL values of `sort_by` count as lower than any value
+    (first ascending, last descending), as both SQLite and MongoDB sort them. `after`: `Rows.after` of the previous
+    page, (sort value, position): keyset paging, only rows strictly after it (then `page` must be 1). `from_at`
+    inclusive, `to_at` exclusive, both canonical `YYYY-MM-DDTHH:MM:SS.sssZ` on observed_at."""
 
     page: int = 1
     limit: int = 100
@@ -113,16 +113,21 @@ class DataQuery:
             raise ValueError(f"sort_by must be one of {SORTABLE_FIELDS}, got {self.sort_by!r}")
         if self.page < 1 or self.limit < 1:
             raise ValueError("page and limit must be >= 1")
-        if self.after is not None and (len(self.after) != 4 or self.page != 1):
-            raise ValueError("after is (value, source, source_id, observed_at) and goes with page 1")
+        if self.after is not None and (len(self.after) != 2 or self.page != 1):
+            raise ValueError("after is (value, position) and goes with page 1")
 
     def wanted_symbols(self) -> tuple[str, ...]:
         """`symbol` and `symbols` together (either may be empty)."""
         return tuple(dict.fromkeys((*self.symbols, *((self.symbol,) if self.symbol else ()))))
 
-    def sort_key(self, item: dict) -> tuple:
-        """The `after` value that continues the order behind `item`."""
-        return item[self.sort_by], item["source"], item["source_id"], item["observed_at"]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A page of records; `after` continues the order behind the last of them (None: nothing follows)."""
+
+    items: list[dict]
+    after: tuple | None
 
 
 @dataclass(frozen=True)
@@ -214,10 +219,23 @@ class RecordStore(ABC):
         """A page of records and the total matching the filters (which costs a count: the API caches it)."""
         return Page(items=self.read_normalized(query), total=self.count_matching(query))
 
-    @abstractmethod
     def read_normalized(self, query: DataQuery) -> list[dict]:
-        """Up to `query.limit` records in the query's order; each sort is served by an index, and a keyset page
-        (`after`) costs the same however deep it is."""
+        return self.read_page(query).items
+
+    @abstractmethod
+    def read_page(self, query: DataQuery) -> Rows:
+        """Up to `query.limit` records in the query's order, and where the next page starts; each sort is served by
+        an index, and a keyset page (`after`) costs the same however deep it is. A malformed `after` (a position
+        of another adapter or a forged cursor) raises InputError."""
+
+    def begin_bulk_load(self, fence: Fence | None = None) -> bool:
+        """Before loading the pending raw batches: an adapter may drop the sort indexes when the backlog is large
+        next to the records already stored (building them afterwards costs far less than keeping them row by row).
+        Reads stay right meanwhile, only slower. Returns whether it did."""
+        return False
+
+    def finish_bulk_load(self, fence: Fence | None = None) -> None:
+        """Build every sort index that is missing (after a bulk load, or after one that crashed)."""
 
     @abstractmethod
     def count_matching(self, query: DataQuery) -> int:

@@ -20,9 +20,10 @@ from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOn
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from common.clock import iso_utc, system_clock
-from common.errors import ConfigError, LeaseLost, StoreError
+from common.errors import ConfigError, InputError, LeaseLost, StoreError
 from common.store import (
-    DATA_VERSION_KEY, FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, DataQuery, Fence, RawBatch, Run, Store,
+    DATA_VERSION_KEY, FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, DataQuery, Fence, RawBatch, Rows, Run,
+    Store,
 )
 from common.store.mongo_schema import KEY_FIELDS as _KEY_FIELDS
 from common.store.mongo_schema import VALUE_FIELDS as _VALUE_FIELDS
@@ -382,17 +383,19 @@ class MongoStore(Store):
 
     # --- reads ----------------------------------------------------------------------------------------------------
     @_translated
-    def read_normalized(self, query: DataQuery) -> list[dict]:
+    def read_page(self, query: DataQuery) -> Rows:
         where = _data_filter(query)
         direction = DESCENDING if query.descending else ASCENDING
-        order = [(name, direction) for name in dict.fromkeys((query.sort_by, *_KEY_FIELDS))]
-        collection, docs = self._database().normalized, []
+        order = [(query.sort_by, direction), ("_id", direction)]
+        collection, docs, wanted = self._database().normalized, [], query.limit + 1  # one more: a next page?
         for segment in _keyset_segments(query):
             docs += _limited(collection.find({"$and": [where, segment]} if segment else where).sort(order),
-                             query.limit - len(docs), (query.page - 1) * query.limit)
-            if len(docs) >= query.limit:
+                             wanted - len(docs), (query.page - 1) * query.limit)
+            if len(docs) >= wanted:
                 break
-        return [_item(d) for d in docs]
+        items = [_item(d) for d in docs[:query.limit]]
+        last = docs[query.limit - 1] if len(docs) > query.limit else None
+        return Rows(items=items, after=(last.get(query.sort_by), last["_id"]) if last else None)
 
     @_translated
     def count_matching(self, query: DataQuery) -> int:
@@ -594,25 +597,20 @@ def _data_filter(query: DataQuery) -> dict:
     return where
 
 
-def _after(fields: Sequence[str], values: dict, below: str) -> dict:
-    """Strictly after `values` in the lexicographic order of `fields`: an $or of equal prefixes."""
-    return {"$or": [{**{f: values[f] for f in fields[:i]}, fields[i]: {below: values[fields[i]]}}
-                    for i in range(len(fields))]}
-
-
 def _keyset_segments(query: DataQuery) -> list[dict]:
-    """As `common.store.sqlite._keyset_segments`: a $lt/$gt on a number never matches null (type bracketing), so
-    the null block of the sort field is a segment of its own, read after (descending) or before (ascending)."""
+    """As `common.store.sqlite._keyset_segments`, with the record's _id as the tiebreaker: a $lt/$gt on a number
+    never matches null (type bracketing), so the null block of the sort field is a segment of its own, read after
+    (descending) or before (ascending)."""
     if query.after is None:
         return [{}]
-    value, source, source_id, observed_at = query.after
-    values = {"source": source, "source_id": source_id, "observed_at": observed_at}
+    value, position = query.after
+    if not isinstance(position, str) or isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
+        raise InputError("cursor must be a next_cursor returned by GET /data of this deployment, unchanged")
     column, below = query.sort_by, "$lt" if query.descending else "$gt"
     if value is None:
-        nulls = {column: None, **_after(_KEY_FIELDS, values, below)}
+        nulls = {column: None, "_id": {below: position}}
         return [nulls] if query.descending else [nulls, {column: {"$ne": None}}]
-    fields = tuple(dict.fromkeys((column, *_KEY_FIELDS)))
-    ordered = _after(fields, {**values, column: value}, below)
+    ordered = {"$or": [{column: {below: value}}, {column: value, "_id": {below: position}}]}
     return [ordered, {column: None}] if query.descending else [ordered]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pymongo import ASCENDING, DeleteOne, UpdateOne
 
-from common.store import FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION
+from common.store import FIRST_SEEN_FIELDS, NORMALIZED_FIELDS, SCHEMA_VERSION, SORTABLE_FIELDS
 from common.store.migrations import CSV_SOURCES, canonical_observed_at, migrated_source_id, record_key
 
 KEY_FIELDS = ("source", "source_id", "observed_at")
@@ -14,9 +14,10 @@ VALUE_FIELDS = tuple(
 _INDEXES = (  # (collection, keys, unique); created idempotently on first use
     ("normalized", ("source", "source_id", "observed_at"), True),
     ("normalized", ("symbol", "observed_at"), False),
-    ("normalized", ("observed_at",), False),
-    # version 5: view=latest's (asset, source) seek (no index per sort field: see common.store.INDEXED_SORTS)
+    # version 5: view=latest's (asset, source) seek
     ("normalized", ("asset_id", "source", "observed_at"), False),
+    # version 6: every sort of GET /data, with the record's _id as the unique tiebreaker (common.store.INDEXED_SORTS)
+    *(("normalized", (field, "_id"), False) for field in SORTABLE_FIELDS),
     ("raw_batches", ("status", "seq"), False),
     ("raw_batches", ("source", "status", "seq"), False),
     ("quarantine", ("source", "created_at"), False),
@@ -46,7 +47,10 @@ def migrate(db, fresh: bool) -> int:
                                    {"$set": {"status": "pending"}, "$inc": {"version": 1}})
     if found < 4:  # version 4: run counts kept as runs are written; set (not added) here, so a rerun is harmless
         count_runs(db)
-    # version 5 adds indexes only: `ensure_indexes` creates them on every start, before this runs
+    # versions 5 and 6 add indexes (`ensure_indexes` creates them on every start, before this runs); version 6's
+    # (observed_at, _id) supersedes version 1's (observed_at)
+    if found < 6 and "observed_at_1" in db.normalized.index_information():
+        db.normalized.drop_index("observed_at_1")
     if found < SCHEMA_VERSION or not meta:
         db.meta.update_one({"_id": "schema"}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True)
     return found

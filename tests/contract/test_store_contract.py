@@ -18,7 +18,7 @@ import pymongo
 import pytest
 
 from common.clock import iso_utc
-from common.errors import ConfigError, LeaseLost, StoreError
+from common.errors import ConfigError, InputError, LeaseLost, StoreError
 from common.store import (
     INDEXED_SORTS, NORMALIZED_FIELDS, SCHEMA_VERSION, SORTABLE_FIELDS, DataQuery, Fence, Page, RawBatch, Run, Store,
 )
@@ -86,6 +86,23 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_stage_started ON runs (stage, started_at);
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
 """
+
+V5_SQLITE_RECORDS = """
+CREATE TABLE normalized_v5 (
+    source TEXT NOT NULL, source_id TEXT NOT NULL, observed_at TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL, symbol TEXT NOT NULL, asset_id TEXT NOT NULL, name TEXT,
+    price_usd REAL, open_usd REAL, high_usd REAL, low_usd REAL, market_cap_usd REAL, volume_24h_usd REAL,
+    ingested_at TEXT NOT NULL, run_id TEXT NOT NULL,
+    PRIMARY KEY (source, source_id, observed_at)) WITHOUT ROWID;
+INSERT INTO normalized_v5 SELECT source, source_id, observed_at, idempotency_key, symbol, asset_id, name, price_usd,
+    open_usd, high_usd, low_usd, market_cap_usd, volume_24h_usd, ingested_at, run_id FROM normalized;
+DROP TABLE normalized;
+ALTER TABLE normalized_v5 RENAME TO normalized;
+CREATE INDEX normalized_symbol_time ON normalized (symbol, observed_at);
+CREATE INDEX normalized_asset_source_time ON normalized (asset_id, source, observed_at);
+UPDATE schema_version SET version = 5;
+"""
+"""The records table and its indexes exactly as version 5 left them (frozen on purpose)."""
 
 V1_RECORDS = [  # (source, source_id, observed_at, idempotency_key, symbol, asset_id, name, price_usd) as v1 wrote them
     (source, source_id, observed_at, idempotency_key(source, source_id, observed_at), *rest)
@@ -608,11 +625,10 @@ class RecordContract(ContractBase):
 
     @staticmethod
     def expected_order(rows, sort_by: str, descending: bool) -> list[dict]:
-        """The documented order: `sort_by`, then (source, source_id, observed_at), nulls lowest."""
+        """The documented order: `sort_by`, nulls lowest (ties: in an order of the adapter's, tested below)."""
         def key(item):
             value = item[sort_by]
-            return (value is not None, value if value is not None else 0,
-                    item["source"], item["source_id"], item["observed_at"])
+            return (value is not None, value if value is not None else 0)
         return sorted((as_item(r) for r in rows), key=key, reverse=descending)
 
     @pytest.fixture
@@ -631,7 +647,9 @@ class RecordContract(ContractBase):
     @pytest.mark.parametrize("sort_by", SORTABLE_FIELDS)
     def test_sort_by_each_sortable_field(self, loaded, sort_by, descending):
         page = loaded.query_normalized(DataQuery(sort_by=sort_by, descending=descending))
-        assert page.items == self.expected_order(self.DATASET, sort_by, descending)
+        expected = self.expected_order(self.DATASET, sort_by, descending)
+        assert [i[sort_by] for i in page.items] == [i[sort_by] for i in expected]
+        assert sorted(page.items, key=repr) == sorted(expected, key=repr)
 
     @pytest.mark.parametrize(
         ("filters", "expected_ids"),
@@ -676,21 +694,41 @@ class RecordContract(ContractBase):
     def test_keyset_walk_returns_the_whole_order_once(self, loaded, sort_by, descending):
         pages, after = [], None
         while True:
-            query = DataQuery(limit=2, sort_by=sort_by, descending=descending, after=after)
-            items = loaded.read_normalized(query)
-            if not items:
+            rows = loaded.read_page(DataQuery(limit=2, sort_by=sort_by, descending=descending, after=after))
+            pages.append(rows.items)
+            if rows.after is None:
                 break
-            pages.append(items)
-            after = query.sort_key(items[-1])
-        assert [i for p in pages for i in p] == self.expected_order(self.DATASET, sort_by, descending)
-        assert all(len(p) == 2 for p in pages)
+            after = rows.after
+        walked = [i for p in pages for i in p]
+        assert [len(p) for p in pages] == [2, 2, 2]
+        # ties included, the walk is exactly the order of one read: the tiebreaker is unique and stable
+        assert walked == loaded.read_normalized(DataQuery(limit=100, sort_by=sort_by, descending=descending))
+        assert [i[sort_by] for i in walked] == [
+            i[sort_by] for i in self.expected_order(self.DATASET, sort_by, descending)]
+        assert sorted(walked, key=repr) == sorted(map(as_item, self.DATASET), key=repr)
 
     def test_keyset_after_a_null_value(self, loaded):
         eth_c = as_item(self.DATASET[4])  # the only record without a price
-        ascending = DataQuery(sort_by="price_usd", descending=False, after=(None, "a", "a", "a"))
-        assert loaded.read_normalized(ascending)[0] == eth_c  # NULLs first ascending, ordered by the natural key
-        descending = DataQuery(sort_by="price_usd")
-        assert loaded.read_normalized(DataQuery(sort_by="price_usd", after=descending.sort_key(eth_c))) == []
+        ascending = loaded.read_page(DataQuery(sort_by="price_usd", descending=False, limit=1))
+        assert ascending.items == [eth_c]  # NULLs first ascending
+        rest = loaded.read_normalized(DataQuery(sort_by="price_usd", descending=False, after=ascending.after))
+        assert len(rest) == 5 and eth_c not in rest
+        descending = loaded.read_page(DataQuery(sort_by="price_usd", limit=5))
+        assert eth_c not in descending.items  # ... and last descending
+        assert loaded.read_normalized(DataQuery(sort_by="price_usd", after=descending.after)) == [eth_c]
+        assert loaded.read_page(DataQuery(sort_by="price_usd", limit=6)).after is None
+
+    @pytest.mark.parametrize("after", [("BTC", ["a list"]), (True, "x"), ({"a": 1}, 1), ("BTC", True)])
+    def test_a_forged_position_is_an_input_error(self, loaded, after):
+        with pytest.raises(InputError, match="cursor"):
+            loaded.read_page(DataQuery(sort_by="symbol", after=after))
+
+    def test_records_keep_their_position_when_updated(self, loaded):
+        first = loaded.read_page(DataQuery(limit=3, sort_by="symbol"))
+        self.commit_pending(loaded, records=[self.DATASET[0][:7] + (1.0,) + self.DATASET[0][8:]])
+        again = loaded.read_page(DataQuery(limit=3, sort_by="symbol"))
+        assert again.after == first.after
+        assert loaded.count_normalized() == len(self.DATASET)
 
     @pytest.mark.parametrize(
         ("filters", "expected_ids"),
@@ -1024,16 +1062,49 @@ class V4UpgradeContract(ContractBase):
         try:
             assert old.migrate() == (4, SCHEMA_VERSION)
             assert len(self.sort_indexes(old)) == expected == len(INDEXED_SORTS) + 1  # + view=latest's
-            first = old.read_normalized(DataQuery(limit=1, sort_by="price_usd"))
-            assert [i["source"] for i in old.read_normalized(
-                DataQuery(sort_by="price_usd", after=DataQuery(sort_by="price_usd").sort_key(first[0])))] == ["b"]
+            first = old.read_page(DataQuery(limit=1, sort_by="price_usd"))
+            assert [i["source"] for i in old.read_normalized(DataQuery(sort_by="price_usd", after=first.after))] == ["b"]
+            assert old.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
+        finally:
+            self.dispose(old)
+
+
+class V5UpgradeContract(ContractBase):
+    """Version 6 (an index per sort field with a unique record position; SQLite: records in a rowid table) over a
+    store as version 5 left it."""
+
+    @abstractmethod
+    def reopen_as_v5(self, store: Store, clock: FakeClock) -> Store:
+        """Close `store`, put its records and indexes back in their version 5 shape, mark it version 5, reopen."""
+
+    def test_a_v5_store_upgrades_in_place(self, tmp_path, clock):
+        store = self.make_store(tmp_path, clock)
+        records = [record(source_id=f"coin-{n}", price_usd=float(n % 3), ingested_at=f"2026-01-02T00:00:0{n}.000Z")
+                   for n in range(6)]
+        self.commit_pending(store, records=records[3:])
+        self.commit_pending(store, records=records[:3])
+        old = self.reopen_as_v5(store, clock)
+        try:
+            assert old.migrate() == (5, SCHEMA_VERSION)
+            assert len(self.sort_indexes(old)) == len(INDEXED_SORTS) + 1  # + view=latest's
+            assert sorted(old.read_normalized(DataQuery()), key=repr) == sorted(map(as_item, records), key=repr)
+            walked, after = [], None
+            while after is not None or not walked:
+                rows = old.read_page(DataQuery(limit=4, sort_by="price_usd", after=after))
+                walked, after = walked + rows.items, rows.after
+            assert [i["price_usd"] for i in walked] == [2.0, 2.0, 1.0, 1.0, 0.0, 0.0]
+            assert len({i["source_id"] for i in walked}) == 6
+            self.commit_pending(old, records=[records[0][:7] + (9.0,) + records[0][8:]])  # an upsert, not a new row
+            assert old.count_normalized() == 6
+            assert old.read_normalized(DataQuery(limit=1, sort_by="price_usd"))[0]["source_id"] == "coin-0"
             assert old.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
         finally:
             self.dispose(old)
 
 
 class StoreContract(LifecycleContract, LeaseContract, FencingContract, StateContract, BatchContract, RecordContract,
-                    QuarantineContract, LedgerContract, UpgradeContract, V3UpgradeContract, V4UpgradeContract):
+                    QuarantineContract, LedgerContract, UpgradeContract, V3UpgradeContract, V4UpgradeContract,
+                    V5UpgradeContract):
     """Behaviour every `Store` adapter must show, one mixin per role; subclasses only build stores."""
 
 
@@ -1061,6 +1132,25 @@ class TestSqliteStore(StoreContract):
         conn.commit()
         conn.close()
         return SqliteStore(store.path, clock=clock)
+
+    def reopen_as_v5(self, store, clock):
+        store.close()
+        conn = sqlite3.connect(store.path)
+        conn.executescript(V5_SQLITE_RECORDS)
+        conn.close()
+        return SqliteStore(store.path, clock=clock)
+
+    def test_v5_records_get_ids_in_first_ingest_order(self, tmp_path, clock):
+        store = self.make_store(tmp_path, clock)
+        self.commit_pending(store, records=[record(source_id="late", ingested_at="2026-01-03T00:00:00.000Z"),
+                                            record(source_id="early", ingested_at="2026-01-01T00:00:00.000Z")])
+        old = self.reopen_as_v5(store, clock)
+        try:
+            old.migrate()
+            ids = old._read("SELECT source_id FROM normalized ORDER BY id")
+            assert [r[0] for r in ids] == ["early", "late"]
+        finally:
+            self.dispose(old)
 
     @staticmethod
     def sort_indexes_at(path) -> set[str]:
@@ -1112,11 +1202,21 @@ class MongoContract(StoreContract):
         db.meta.update_one({"_id": "schema"}, {"$set": {"version": 4}})
         return MongoStore(db.client, db.name, clock=clock, transactions=store._transactions)
 
+    def reopen_as_v5(self, store, clock):
+        db = store._database()
+        for name in self.sort_indexes(store) - {"asset_id_1_source_1_observed_at_1"}:
+            db.normalized.drop_index(name)
+        db.normalized.create_index([("observed_at", pymongo.ASCENDING)])
+        db.meta.update_one({"_id": "schema"}, {"$set": {"version": 5}})
+        reopened = MongoStore(db.client, db.name, clock=clock, transactions=store._transactions)
+        assert "observed_at_1" in db.normalized.index_information()
+        return reopened
+
     def sort_indexes(self, store):
         info = store._database().normalized.index_information()
         keys = {name: tuple(k for k, _ in spec["key"]) for name, spec in info.items()}
-        return {name for name, key in keys.items() if len(key) >= 3 and key[1:] in (
-            ("source", "source_id", "observed_at"), ("source", "source_id"), ("source", "observed_at"))}
+        return {name for name, key in keys.items()
+                if (len(key) == 2 and key[1] == "_id") or key == ("asset_id", "source", "observed_at")}
 
     def make_unreachable_store(self, tmp_path):
         return MongoStore.from_uri(UNREACHABLE_MONGO)

@@ -216,3 +216,29 @@ def test_view_latest_puts_each_sources_newest_price_side_by_side(client, store):
     assert [(a["asset_id"], list(a["sources"])) for a in only_a] == [("btc-bitcoin", ["source_a"])]
     second = get_ok(client, "view=latest&limit=1&page=2")
     assert [a["asset_id"] for a in second["data"]] == ["eth-ethereum"] and second["pagination"]["total"] == 2
+
+
+def test_a_page_is_encoded_once_per_data_version(client, loaded, monkeypatch):
+    calls = []
+    real = loaded.read_page
+    monkeypatch.setattr(loaded, "read_page", lambda query: calls.append(query) or real(query))
+    first = [get_ok(client, "limit=3&sort_by=price_usd") for _ in range(3)]
+    assert len(calls) == 1 and first[0]["data"] == first[2]["data"]
+    assert first[0]["meta"]["request_id"] != first[1]["meta"]["request_id"]  # meta is per response, not cached
+    loaded.commit_transformed(None, [record("source_a", "btc", stamp(998), price_usd=1e9)], [], [])
+    after = get_ok(client, "limit=3&sort_by=price_usd")
+    assert len(calls) == 2 and after["data"][0]["price_usd"] == 1e9 and after["pagination"]["total"] == 31
+
+
+def test_the_page_cache_is_bounded_and_never_goes_back_a_version():
+    from common.api.data import VersionedCache
+
+    cache = VersionedCache(max_entries=3, max_bytes=100)
+    for n in range(10):
+        cache.put(1, n, b"x" * 10, 10)
+    assert sum(cache.get(1, n) is not None for n in range(10)) <= 3
+    cache.put(1, "big", b"x" * 101, 101)
+    assert cache.get(1, "big") is None  # larger than the whole budget: not kept
+    cache.put(2, "new", b"2", 1)
+    cache.put(1, "old", b"1", 1)  # computed before version 2 was seen: must not replace it
+    assert cache.get(2, "new") == b"2" and cache.get(1, "old") is None and cache.get(2, "old") is None
