@@ -1,10 +1,15 @@
-# One image for every function; FUNCTION_TARGET picks which one this container serves.
+# One image for every function, the trigger and the source emulator; FUNCTION_TARGET picks the function a
+# container serves (docker-compose.yml sets it, and overrides the command for the trigger and the emulator).
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY common ./common
 COPY local ./local
 COPY functions ./functions
-RUN pip install --no-cache-dir .
-ENV PORT=8080 PYTHONUNBUFFERED=1
-CMD ["sh", "-c", "exec functions-framework --target \"$FUNCTION_TARGET\" --source \"functions/$FUNCTION_TARGET/main.py\" --host 0.0.0.0 --port \"$PORT\""]
+RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 etl
+# gunicorn (under functions-framework) keeps a control socket in XDG_RUNTIME_DIR: somewhere this user may write
+ENV PORT=8080 PYTHONUNBUFFERED=1 XDG_RUNTIME_DIR=/tmp
+USER etl
+EXPOSE 8080
+CMD exec functions-framework --target "$FUNCTION_TARGET" --source "functions/$FUNCTION_TARGET/main.py" \
+    --host 0.0.0.0 --port "$PORT"
