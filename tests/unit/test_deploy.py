@@ -5,6 +5,7 @@ Manager, Cloud Scheduler calling the private stages with OIDC within an attempt 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -161,3 +162,33 @@ def test_gcloud_accepts_every_kind_of_command_in_the_dry_run(tmp_path):
             f"{command}\n{result.stderr}"
         assert result.returncode != 0 and "active account" in result.stderr, f"{command}\n{result.stderr}"
     assert len(seen) >= 7
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"K_SERVICE": "extract_source_b"}, "without a store: set MONGODB_URI"),
+    ({"K_SERVICE": "x", "SQLITE_PATH": "data/etl.sqlite3"}, "SQLITE_PATH must be an absolute path when deployed"),
+    ({"K_SERVICE": "x", "MONGODB_URI": "mongodb://h/db", "SOURCE_B_PATH": "./data/H.csv"},
+     "SOURCE_B_PATH must be an absolute path or a gs:// / https:// location when deployed"),
+    ({"SQLITE_PATH": "gs://bucket/etl.sqlite3"}, "SQLITE_PATH must be a local path"),
+    ({"STAGE_AUTH": "basic"}, "STAGE_AUTH must be none or oidc"),
+    ({"STORAGE_EMULATOR_HOST": "http://h:1/path?x"}, "STORAGE_EMULATOR_HOST must be host:port"),
+])
+def test_deployed_settings_never_default_into_the_functions_folder(env, message):
+    from common.config import Settings
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env(env)
+
+
+def test_deployed_source_b_unset_is_reported_by_the_stage_that_needs_it():
+    from common.config import Settings
+    from common.errors import SourceError
+    from common.sources.csv_file import CsvFile
+
+    settings = Settings.from_env({"K_SERVICE": "extract_source_a", "MONGODB_URI": "mongodb://h/db"})
+    assert settings.source_b_path == ""  # extract_source_a does not need it, so it starts
+    with pytest.raises(SourceError, match="no CSV location configured .SOURCE_B_PATH."):
+        CsvFile(settings.source_b_path, 10, 1000)
+    local = Settings.from_env({"STORAGE_EMULATOR_HOST": "127.0.0.1:9023"})
+    assert (local.source_b_path, local.storage_emulator_host) == ("./data/Historical_Data.csv", "http://127.0.0.1:9023")
