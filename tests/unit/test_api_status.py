@@ -343,9 +343,11 @@ def test_figures_are_cached_until_the_data_or_the_ledger_changes(store, settings
     document = page(api)
     assert number(tile(document, "source_a").one(data_field="records").text()) == 4
     assert "count_normalized" in reads
+    reads.clear()
     run(store, "p3", clock.now, stage="pipeline", status="failed", summary={"stages": [], "errors": ["boom"]})
     rows = [row for row in page(api).one("table", id="passes").find_all("tr") if "data-run-id" in row.attrs]
     assert rows[0].attrs["data-run-id"] == "p3"
+    assert "list_runs" in reads and "count_normalized" not in reads  # a new run does not recount the records
 
 
 def test_ages_move_with_the_clock_even_from_the_cache(store, settings, clock):
