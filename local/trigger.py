@@ -13,8 +13,10 @@
   after LEASE_TTL_S, if that comes before the next tick.
 - Heartbeat in the store under `trigger:heartbeat`: {"at", "pid", "state": "idle"|"running", "pass_run_id",
   "next_tick"} (times ISO 8601 UTC), written on every tick and every `--heartbeat-s` (10 s) while idle or running.
-- SIGTERM/SIGINT: the running pass is stopped (recorded `failed`, listing the stages it abandoned, its lease
+- SIGTERM/SIGINT/SIGHUP: the running pass is stopped (recorded `failed`, listing the stages it abandoned, its lease
   released) and the trigger exits within a few seconds, logging what was abandoned.
+- Logs: `service` "trigger" (or the runner's, inside `make run`), and the pass's `run_id` on every record logged while
+  a pass runs (common/logs.py: JSON lines, or text on a terminal).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ import uuid
 from typing import Callable, TextIO
 
 from common.clock import iso_utc
+from common.config import Settings
 from common.errors import ConfigError, EtlError
 from common.invokers import HttpInvoker, InProcessInvoker, StageInvoker
+from common.logs import configure_logging, secret_values, set_log_context
 from common.orchestrator import describe_pass, run_pass
 from common.schedule import TRIGGER_HEARTBEAT_KEY as HEARTBEAT_KEY
 from common.schedule import TRIGGER_LAST_TICK_KEY as LAST_TICK_KEY
@@ -150,6 +154,7 @@ class Trigger:
 
         def started(run: Run) -> None:
             self.current = run
+            set_log_context(run_id=run.run_id)  # this thread serves this pass only
             self._beat("running")
 
         def body() -> None:
@@ -168,9 +173,10 @@ class Trigger:
             worker.join(self.grace_s)
         run = result.get("run")
         if run is None:  # stopped, and the pass did not wind down within the grace period
-            log.warning("trigger stopping (%s): pass %s still running after %.0fs; abandoned as it stands (its "
+            pass_id = self.current.run_id if self.current else None
+            log.warning("trigger stopping (%s): pass %s still running after %.1fs; abandoned as it stands (its "
                         "lease lapses and the next pass marks it abandoned)", self.stop_reason,
-                        self.current.run_id if self.current else "(not started)", self.grace_s)
+                        pass_id or "(not started)", self.grace_s, extra={"run_id": pass_id})
             return None
         self.current = None
         if "abandoned" in run.summary:
@@ -194,8 +200,8 @@ class Trigger:
 
 
 def on_signals(trigger: Trigger) -> None:
-    """SIGTERM and SIGINT stop the trigger (main thread only)."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    """SIGTERM, SIGINT and SIGHUP stop the trigger (main thread only)."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda number, _frame: trigger.stop(signal.Signals(number).name))
 
 
@@ -207,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-s", type=float, default=10.0, help="heartbeat interval (default 10 s)")
     args = parser.parse_args(argv)
     try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level, settings.log_format, service="trigger",
+                          secrets=secret_values(settings))
         wiring = get_wiring()
         schedule = parse_schedule(wiring.settings.etl_schedule)
         invoker = InProcessInvoker(wiring) if args.in_process else HttpInvoker.from_settings(wiring.settings)
