@@ -58,7 +58,7 @@ def status_blueprint(store: Store, clock: Clock, etl_schedule: str) -> flask.Blu
     @blueprint.app_template_filter("ago")
     def ago(iso: str | None) -> str:
         at = epoch_or_none(iso)
-        return "never" if at is None else f"{duration(max(0.0, clock() - at) * 1000)} ago"
+        return "never" if at is None else f"{age(max(0.0, clock() - at))} ago"
 
     for name, function in FILTERS.items():
         blueprint.add_app_template_filter(function, name)
@@ -137,6 +137,17 @@ def duration(ms: float | int | None) -> str:
     if hours < 48:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     return f"{hours // 24} d {hours % 24} h"
+
+
+def age(seconds: float) -> str:
+    """How long ago, to the precision a glance needs: 40 s, 12 min, 2 h 59 min, 3 d 4 h."""
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 48 * 3600:
+        return duration(seconds * 1000)
+    return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
 
 
 def _short_time(iso: str) -> str:

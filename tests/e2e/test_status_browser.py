@@ -42,7 +42,8 @@ FAKE_TIMERS = """
   window.setInterval = function (fn) { timers.push(fn); return timers.length; };
   window.__tick = function () { timers.forEach(function (fn) { fn(); }); return timers.length; };
   window.__hidden = false;
-  Object.defineProperty(Document.prototype, "hidden", {configurable: true, get: function () { return window.__hidden; }});
+  Object.defineProperty(Document.prototype, "hidden",
+                        {configurable: true, get: function () { return window.__hidden; }});
   var realFetch = window.fetch.bind(window);
   window.__fetches = 0;
   window.fetch = function () { window.__fetches += 1; return realFetch.apply(null, arguments); };
