@@ -85,7 +85,6 @@ class RemoteObject:
 
     def __init__(self, location: str, options: RemoteOptions) -> None:
         self.location, self.options = location, options
-        self.session = requests.Session()
 
     @property
     def shown(self) -> str:
@@ -134,8 +133,9 @@ class RemoteObject:
         attempts = self.options.max_attempts
         for attempt in range(1, attempts + 1):
             try:
-                response = self.session.get(url, headers={**self.headers(), **headers}, stream=True,
-                                            timeout=self.options.timeout_s)
+                # one connection per request, closed with its answer: nothing pooled outlives a run
+                response = requests.get(url, headers={**self.headers(), **headers}, stream=True,
+                                        timeout=self.options.timeout_s)
             except requests.RequestException as exc:
                 problem = f"cannot read {self.shown}: {type(exc).__name__}"
             else:

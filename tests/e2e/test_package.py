@@ -7,7 +7,6 @@ the package folder, `K_SERVICE` set). Nothing may default into that folder; conf
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
