@@ -35,13 +35,14 @@ FORWARDED = (  # non-secret settings passed on to every function when set here
     "SOURCE_A_URL", "SOURCE_A_RATE", "SOURCE_C_URL", "SOURCE_C_RATE", "SOURCE_C_MAX_PAGES", "SOURCE_C_PER_PAGE",
     "CSV_CHUNK_ROWS", "CSV_SETTLE_S", "LEASE_TTL_S", "STORE_TIMEOUT_S", "LOG_LEVEL", "HTTP_TIMEOUT_S",
     "HTTP_MAX_ATTEMPTS", "PASS_BUDGET_S", "FIELD_ALIASES", "FIELD_FORMATS", "ALERT_EMAIL_TO", "ALERT_EMAIL_FROM",
-    "ALERT_EMAIL_USER", "SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "JWT_AUDIENCE", "JWT_ISSUER",
+    "SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "JWT_AUDIENCE", "JWT_ISSUER",
 )
 SECRETS = {  # setting -> the functions that read it; the first two are always set, the others when listed
     "MONGODB_URI": None,  # every function
     "JWT_SECRET": {API},
     "SOURCE_A_API_KEY": {"extract_source_a"},
     "SOURCE_C_API_KEY": {"extract_source_c"},
+    "ALERT_EMAIL_USER": {API},
     "ALERT_EMAIL_PASS": {API},  # alerts are judged after a pass: the API's /refresh runs passes
     "ALERT_WEBHOOK_URL": {API},
 }
