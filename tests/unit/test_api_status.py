@@ -364,3 +364,16 @@ def test_an_empty_store_renders(store, settings, clock):
         assert tile(document, source).one(data_field="state").text() == "stale"  # no good extract yet
     assert "no asset with symbol BTC" in document.one("section", id="asset").text()
     assert "No pass" in document.one("section", id="passes-section").text()
+
+
+def test_the_page_reads_the_same_through_the_mongodb_adapter(settings, clock):
+    from tests.conftest import store_for
+
+    mongo = store_for("mongomock", settings)
+    seed(mongo, clock.now)
+    document = page(client(mongo, settings, clock))
+    assert [tile(document, s).one(data_field="state").text() for s in SOURCE_NAMES] == ["ok", "stale", "failed"]
+    assert [number(tile(document, s).one(data_field="quarantine").text()) for s in SOURCE_NAMES] == [0, 7, 0]
+    series = document.one("svg", id="price-chart").find_all("g", **{"class": "series"})
+    assert [g.attrs["data-source"] for g in series] == list(SOURCE_NAMES)
+    assert page(client(mongo, settings, clock), "/status/runs/p2").one("table", id="stages")
