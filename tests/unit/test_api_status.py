@@ -377,3 +377,17 @@ def test_the_page_reads_the_same_through_the_mongodb_adapter(settings, clock):
     series = document.one("svg", id="price-chart").find_all("g", **{"class": "series"})
     assert [g.attrs["data-source"] for g in series] == list(SOURCE_NAMES)
     assert page(client(mongo, settings, clock), "/status/runs/p2").one("table", id="stages")
+
+
+@pytest.mark.parametrize("path", ["/status", "/", "/status/runs/p1"])
+def test_a_store_outage_is_one_store_call_and_the_apis_clean_503(path):
+    from tests.unit.test_api_store_outage import api as outage_api
+    from tests.unit.test_api_store_outage import down_store
+
+    store = down_store()
+    response = outage_api(store).get(path, headers={"X-Request-ID": "down-1"})
+    assert response.status_code == 503 and response.mimetype == "application/json"
+    assert response.get_json()["error"]["code"] == "store_unavailable" and "Traceback" not in response.get_data(
+        as_text=True)
+    assert len(store.calls) == 1, store.calls  # one failed read, not one per figure
+    assert response.headers["X-Request-ID"] == "down-1"
