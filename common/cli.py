@@ -6,6 +6,8 @@
     etl quarantine list|replay [--source b]             inspect / re-load quarantined rows after a mapping fix
     etl serve [--port 8080] [--host 127.0.0.1]
     etl migrate                                         upgrade the store in place (also done on first use)
+    etl prune [--now ISO] [--step 1000]                 delete what retention allows (also after every pass) and
+                                                        give the space back; a line per step on stderr
     etl token [--ttl 3600] [--sub NAME]                 mint a bearer token for POST /refresh (needs JWT_SECRET)
 """
 
@@ -91,6 +93,27 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Exit 0 when the prune finished (or another prune holds the lease), 1 when it stopped early or failed."""
+    from common.clock import Deadline
+    from common.prune import Retention, prune
+    from common.wiring import get_wiring
+
+    wiring = get_wiring()
+    settings, clock = wiring.settings, wiring.clock
+
+    def step(kind: str, count: int) -> None:
+        sys.stderr.write(f"prune: {kind} {count:+,}\n")
+        sys.stderr.flush()
+
+    summary = prune(wiring.store, Retention.from_settings(settings), clock=clock, lease_ttl_s=settings.lease_ttl_s,
+                    deadline=Deadline(clock, settings.invocation_budget_s), step=args.step, on_step=step,
+                    now=args.now)
+    ok = summary["status"] in ("succeeded", "skipped")
+    print(json.dumps({"ok": ok, "prune": summary}, indent=2))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     """Print one HS256 token on stdout (nothing else, so `$(etl token)` works); the secret is never printed."""
     import time
@@ -109,6 +132,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _instant(text: str) -> float:
+    """An ISO 8601 time with its zone (a zoneless one would be read in the machine's zone) as epoch seconds."""
+    from datetime import datetime
+
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a zone (Z or +HH:MM): {text!r}")
+    return parsed.timestamp()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etl", description="Crypto-market ETL pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.set_defaults(func=cmd_quarantine)
     migrate = sub.add_parser("migrate", help="upgrade a store written by an older version, in place")
     migrate.set_defaults(func=cmd_migrate)
+    prune = sub.add_parser("prune", help="delete old processed batches, runs and resolved quarantine; reclaim space")
+    prune.add_argument("--now", type=_instant, help="ISO 8601 time with a zone, e.g. 2030-01-01T00:00:00Z: the "
+                       "retention windows end there (default: now)")
+    prune.add_argument("--step", type=int, default=1000, help="rows deleted per transaction")
+    prune.set_defaults(func=cmd_prune)
     token = sub.add_parser("token", help="mint a bearer token for POST /refresh, signed with JWT_SECRET")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires")
     token.add_argument("--sub", default="operator", help="who the token is for (the subject claim)")

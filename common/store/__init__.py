@@ -20,11 +20,12 @@ NORMALIZED_FIELDS: tuple[str, ...] = (
 FIRST_SEEN_FIELDS = frozenset({"ingested_at", "run_id"})
 """Kept from the first write of a record; every other field is overwritten by later writes."""
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """1: the first release; 2: lease epochs (fencing); 3: CSV records keyed by symbol + name, fixed-width timestamps;
 4: run counts per (stage, source, status) kept as runs are written, runs indexed by (stage, source, status, start);
 5: normalized records indexed by (asset, source, time) for view=latest; 6: an index per sortable field with a unique
-record position as tiebreaker (SQLite: records in a rowid table; MongoDB: the record's _id)."""
+record position as tiebreaker (SQLite: records in a rowid table; MongoDB: the record's _id); 7: retention indexes
+(done batches by age, unresolved quarantine by batch, resolved quarantine by age) for `common.prune`."""
 
 DATA_VERSION_KEY = "records:data_version"
 """The shared-state document whose version `commit_transformed` bumps in the same write (see `data_version`)."""
@@ -195,6 +196,13 @@ class BatchStore(ABC):
     def requeue_raw_batch(self, batch_id: str) -> bool:
         """Make a batch pending again (version bumped) so the next transform re-reads it; False if unknown."""
 
+    @abstractmethod
+    def prune_raw_batches(self, before: str, limit: int, fence: Fence | None = None) -> int:
+        """Delete up to `limit` batches first written before `before` (ISO 8601) that are done and that no
+        unresolved quarantine entry points at (a replay re-reads its row from the batch); returns how many. Pending
+        batches are never deleted. One short write: checks and deletes are atomic (or conditional on the version
+        seen), so a batch rewritten meanwhile stays."""
+
 
 class RecordStore(ABC):
     """Normalized records and master assets: the transform's output and the API's reads."""
@@ -278,6 +286,10 @@ class QuarantineStore(ABC):
     def resolve_quarantine(self, ids: Sequence[str], run_id: str, fence: Fence | None = None) -> int:
         """Mark entries as loaded by a replay run; returns how many were still unresolved."""
 
+    @abstractmethod
+    def prune_quarantine(self, before: str, limit: int, fence: Fence | None = None) -> int:
+        """Delete up to `limit` entries resolved before `before`; unresolved ones never. Returns how many."""
+
 
 class RunLedger(ABC):
     """Every invocation of every stage, as recorded runs."""
@@ -313,6 +325,12 @@ class RunLedger(ABC):
     def latest_runs(self, statuses: Sequence[str]) -> list[Run]:
         """For every (stage, source), its newest run (by start time, then run_id) whose status is in `statuses`."""
 
+    @abstractmethod
+    def prune_runs(self, before: str, limit: int, fence: Fence | None = None) -> int:
+        """Delete up to `limit` finished runs started before `before`; never a `running` one, nor the newest run of
+        each (stage, source, status) (health, alerts and /metrics' last-run gauges read those). The counts behind
+        `count_runs()` are not touched: counters stay monotonic. Returns how many."""
+
 
 class Store(LeaseStore, SharedState, BatchStore, RecordStore, QuarantineStore, RunLedger):
     """The storage port: the union of the role ports, plus the lifecycle. Consumers may depend on a role only.
@@ -331,3 +349,13 @@ class Store(LeaseStore, SharedState, BatchStore, RecordStore, QuarantineStore, R
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections held by this process."""
+
+    def reclaim_space(self, max_bytes: int = 8 << 20) -> int:
+        """Give space freed by deletions back to the system, at most about `max_bytes` per call (one short write);
+        returns how many bytes it gave back (0: nothing left to give, or the adapter's engine reuses free space
+        on its own). Changes no content, so it needs no fence."""
+        return 0
+
+    def size_bytes(self) -> int | None:
+        """What the store occupies (None: unknown)."""
+        return None

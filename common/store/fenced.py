@@ -8,7 +8,8 @@ from __future__ import annotations
 from common.store import Fence, Store
 
 FENCED_WRITES = frozenset({"put_checkpoint", "put_raw_batch", "commit_transformed", "resolve_quarantine", "save_run",
-                           "cas_state", "begin_bulk_load", "finish_bulk_load"})
+                           "cas_state", "begin_bulk_load", "finish_bulk_load", "prune_raw_batches", "prune_runs",
+                           "prune_quarantine"})
 
 
 class FencedStore:

@@ -16,7 +16,7 @@ import re
 from typing import Iterable, Sequence
 
 from bson.errors import BSONError
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOne, uri_parser
+from pymongo import ASCENDING, DESCENDING, DeleteOne, MongoClient, ReturnDocument, UpdateOne, uri_parser
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from common.clock import iso_utc, system_clock
@@ -295,6 +295,25 @@ class MongoStore(Store):
             self._superseded(db, fence, exc)
 
     @_translated
+    def prune_raw_batches(self, before: str, limit: int, fence: Fence | None = None) -> int:
+        """Each delete is conditional on the version seen (and `done`): a batch rewritten since is kept, and so
+        are its new quarantine entries' batches (entries are written before the batch is marked done)."""
+        db, chosen = self._database(), []
+        old = db.raw_batches.find({"status": "done", "created_at": {"$lt": before}}, {"version": 1}) \
+            .sort("created_at", ASCENDING)
+        for page in _chunks(old, max(limit, 100)):
+            held = set(db.quarantine.distinct("batch_id", {"batch_id": {"$in": [d["_id"] for d in page]},
+                                                           "resolved_at": None}))
+            chosen += [d for d in page if d["_id"] not in held][:limit - len(chosen)]
+            if len(chosen) >= limit:
+                break
+        if not chosen:
+            return 0
+        deletes = [DeleteOne({"_id": d["_id"], "version": d["version"], "status": "done"}) for d in chosen]
+        return self._fenced(fence, lambda db, session: db.raw_batches.bulk_write(
+            deletes, ordered=False, session=session).deleted_count)
+
+    @_translated
     def pending_raw_batches(self, limit: int, source: str | None = None) -> list[RawBatch]:
         where = {"status": "pending", **({"source": source} if source else {})}
         docs = _limited(self._database().raw_batches.find(where).sort("seq", ASCENDING), limit)
@@ -470,6 +489,16 @@ class MongoStore(Store):
             {"$set": {"resolved_at": iso_utc(self.clock()), "resolved_by": run_id}}, session=session,
         ).modified_count)
 
+    @_translated
+    def prune_quarantine(self, before: str, limit: int, fence: Fence | None = None) -> int:
+        resolved = {"resolved_at": {"$ne": None, "$lt": before}}
+        ids = [d["_id"] for d in self._database().quarantine.find(resolved, {"_id": 1})
+               .sort("resolved_at", ASCENDING).limit(limit)]
+        if not ids:
+            return 0
+        return self._fenced(fence, lambda db, session: db.quarantine.delete_many(
+            {"_id": {"$in": ids}, **resolved}, session=session).deleted_count)
+
     # --- run ledger ------------------------------------------------------------------------------------------------
     @_translated
     def save_run(self, run: Run, fence: Fence | None = None) -> bool:
@@ -536,6 +565,20 @@ class MongoStore(Store):
         return newest
 
     @_translated
+    def prune_runs(self, before: str, limit: int, fence: Fence | None = None) -> int:
+        db = self._database()
+        newest = {doc["_id"] for kind in db.run_counts.find({"count": {"$gt": 0}}) for doc in db.runs.find(
+            {"stage": kind["stage"], "source": kind.get("source"), "status": kind["status"]}, {"_id": 1})
+            .sort([("started_at", DESCENDING), ("_id", DESCENDING)]).limit(1)}
+        finished_before = {"started_at": {"$lt": before}, "status": {"$ne": "running"}}
+        ids = [d["_id"] for d in db.runs.find({**finished_before, "_id": {"$nin": sorted(newest)}}, {"_id": 1})
+               .sort("started_at", ASCENDING).limit(limit)]
+        if not ids:
+            return 0
+        return self._fenced(fence, lambda db, session: db.runs.delete_many(
+            {"_id": {"$in": ids}, **finished_before}, session=session).deleted_count)
+
+    @_translated
     def running_runs(self, stage: str, source: str | None) -> list[Run]:
         cursor = self._database().runs.find({"status": "running", "stage": stage, "source": source}, {"doc": 1})
         runs = [Run(**json.loads(d["doc"])) for d in cursor]
@@ -550,6 +593,18 @@ class MongoStore(Store):
     def _runs(self, where: dict, limit: int) -> list[Run]:
         cursor = self._database().runs.find(where, {"doc": 1}).sort([("started_at", DESCENDING), ("_id", DESCENDING)])
         return [Run(**json.loads(d["doc"])) for d in _limited(cursor, limit)]
+
+
+def _chunks(cursor, size: int):
+    """A cursor's documents, `size` at a time."""
+    page = []
+    for doc in cursor:
+        page.append(doc)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 def _not_newer_than(fence: Fence) -> dict:

@@ -21,6 +21,10 @@ _INDEXES = (  # (collection, keys, unique); created idempotently on first use
     ("raw_batches", ("status", "seq"), False),
     ("raw_batches", ("source", "status", "seq"), False),
     ("quarantine", ("source", "created_at"), False),
+    # version 7: retention (common.prune): done batches by age, unresolved entries by batch, resolved ones by age
+    ("raw_batches", ("status", "created_at"), False),
+    ("quarantine", ("batch_id", "resolved_at"), False),
+    ("quarantine", ("resolved_at",), False),
     ("runs", ("stage", "started_at"), False),
     ("runs", ("started_at",), False),
     ("runs", ("status", "stage", "source"), False),
@@ -47,7 +51,7 @@ def migrate(db, fresh: bool) -> int:
                                    {"$set": {"status": "pending"}, "$inc": {"version": 1}})
     if found < 4:  # version 4: run counts kept as runs are written; set (not added) here, so a rerun is harmless
         count_runs(db)
-    # versions 5 and 6 add indexes (`ensure_indexes` creates them on every start, before this runs); version 6's
+    # versions 5, 6 and 7 add indexes (`ensure_indexes` creates them on every start, before this runs); version 6's
     # (observed_at, _id) supersedes version 1's (observed_at)
     if found < 6 and "observed_at_1" in db.normalized.index_information():
         db.normalized.drop_index("observed_at_1")

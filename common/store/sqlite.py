@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -17,6 +19,8 @@ from common.store import (
 )
 from common.store.sqlite_schema import SORT_INDEXES, migrate, sort_index_statement
 
+log = logging.getLogger(__name__)
+
 BULK_MIN_ROWS = 20_000
 BULK_SHARE = 0.25
 """A backlog of at least BULK_MIN_ROWS rows and BULK_SHARE of the records already stored is loaded with the sort
@@ -24,6 +28,10 @@ indexes dropped and built after it. Measured on 1M CSV rows: maintaining the six
 cost 22 s, building them after the load 3 s; a build costs about a tenth of the table's size in row-by-row
 maintenance, so below a quarter of it the indexes stay (an hourly pass of sources A and C never drops them)."""
 ANALYZE_MIN_ROWS = 1000
+CONVERT_FREE_SHARE = 0.25
+"""A store laid out before incremental vacuum (schema < 7) is converted by one VACUUM once at least this share of it
+is free: VACUUM copies only what is kept (the 1M-row CSV's store after pruning its raw batches: see the README), and
+needs that much disk again, checked first."""
 REBUILT_SORTS = ("observed_at", "price_usd", "market_cap_usd", "volume_24h_usd")
 """The sort indexes a bulk load drops: rows arrive in random order of these. Not ingested_at (it only grows: every
 row goes to the end of its index) nor symbol (a batch holds a few coins' rows: a few runs of neighbours)."""
@@ -66,6 +74,9 @@ class SqliteStore(Store):
             if os.path.dirname(self.path):
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            # before anything creates a table (and before WAL): a new file can give freed pages back in steps
+            # (`reclaim_space`); on an older file this only takes effect at its next VACUUM
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
@@ -121,6 +132,42 @@ class SqliteStore(Store):
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
         self._local.conn = None
+
+    # --- space ------------------------------------------------------------------------------------------
+    def size_bytes(self) -> int | None:
+        (pages, page_size), = self._read("SELECT * FROM pragma_page_count(), pragma_page_size()")
+        return pages * page_size
+
+    def reclaim_space(self, max_bytes: int = 8 << 20) -> int:
+        """Incremental vacuum: up to `max_bytes` of free pages per short write transaction, then a passive WAL
+        checkpoint so the file really shrinks. A file laid out before schema 7 has no incremental vacuum: it is
+        converted by one VACUUM, once a CONVERT_FREE_SHARE of it is free and the disk can hold a copy."""
+        (mode, free, pages, page_size), = self._read(
+            "SELECT * FROM pragma_auto_vacuum(), pragma_freelist_count(), pragma_page_count(), pragma_page_size()")
+        if free == 0:
+            return 0
+        conn = self._conn()
+        try:
+            if mode != 2:
+                kept = (pages - free) * page_size
+                disk_free = shutil.disk_usage(os.path.dirname(os.path.abspath(self.path))).free
+                if free < CONVERT_FREE_SHARE * pages or disk_free < 2 * kept:
+                    return 0
+                log.info("SQLite store %s: one VACUUM to convert to incremental vacuum (%d MB kept)",
+                         self.path, kept >> 20)
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
+            else:  # executescript steps the pragma to its end (execute would free one page)
+                conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({max(1, max_bytes // page_size)}); "
+                                   "COMMIT;")
+            (left, now), = conn.execute("SELECT * FROM pragma_freelist_count(), pragma_page_count()").fetchall()
+            if left == 0:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"SQLite could not reclaim space: {exc}") from exc
+        return (pages - now) * page_size
 
     # --- leases ----------------------------------------------------------------------------------------
     def acquire_lease(self, name: str, owner: str, ttl_s: float, now: float) -> Fence | None:
@@ -222,6 +269,14 @@ class SqliteStore(Store):
             return conn.execute(
                 "UPDATE raw_batches SET status = 'pending', version = version + 1 WHERE batch_id = ?", (batch_id,)
             ).rowcount == 1
+
+    def prune_raw_batches(self, before: str, limit: int, fence: Fence | None = None) -> int:
+        with self._write(fence) as conn:
+            return conn.execute(
+                "DELETE FROM raw_batches WHERE rowid IN (SELECT b.rowid FROM raw_batches b INDEXED BY raw_batches_done "
+                "WHERE b.status = 'done' AND b.created_at < ? AND NOT EXISTS (SELECT 1 FROM quarantine q "
+                "WHERE q.batch_id = b.batch_id AND q.resolved_at IS NULL) ORDER BY b.created_at LIMIT ?)",
+                (before, limit)).rowcount
 
     def count_raw_batches(self, source: str | None = None, pending_only: bool = False) -> int:
         where, params = _where({"source": source or None}, *(["status = 'pending'"] if pending_only else []))
@@ -401,6 +456,13 @@ class SqliteStore(Store):
                              [(now, run_id, entry_id) for entry_id in ids])
             return conn.total_changes - before
 
+    def prune_quarantine(self, before: str, limit: int, fence: Fence | None = None) -> int:
+        with self._write(fence) as conn:
+            return conn.execute(
+                "DELETE FROM quarantine WHERE rowid IN (SELECT rowid FROM quarantine INDEXED BY quarantine_resolved "
+                "WHERE resolved_at IS NOT NULL AND resolved_at < ? ORDER BY resolved_at LIMIT ?)",
+                (before, limit)).rowcount
+
     # --- run ledger ------------------------------------------------------------------------------------------------
     def save_run(self, run: Run, fence: Fence | None = None) -> bool:
         with self._write(fence) as conn:
@@ -452,6 +514,17 @@ class SqliteStore(Store):
         else:
             rows = self._read("SELECT stage, NULLIF(source, ''), status, count FROM run_counts WHERE count > 0")
         return {(stage, source, status): count for stage, source, status, count in rows}
+
+    def prune_runs(self, before: str, limit: int, fence: Fence | None = None) -> int:
+        with self._write(fence) as conn:
+            return conn.execute(
+                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE started_at < ? AND status != 'running' "
+                # NOT IN a list holding a NULL matches nothing: kinds without a run (counted down to 0) are left out
+                "AND run_id NOT IN (SELECT newest FROM (SELECT (SELECT r.run_id FROM runs r WHERE r.stage = k.stage "
+                "AND r.source IS NULLIF(k.source, '') AND r.status = k.status "
+                "ORDER BY r.started_at DESC, r.run_id DESC LIMIT 1) AS newest FROM run_counts k WHERE k.count > 0) "
+                "WHERE newest IS NOT NULL) "
+                "ORDER BY started_at LIMIT ?)", (before, limit)).rowcount
 
     def latest_runs(self, statuses: Sequence[str]) -> list[Run]:
         """One index seek per (stage, source) and status: the kinds of run come from run_counts."""

@@ -73,6 +73,11 @@ _RECORD_INDEXES = (
     "CREATE INDEX IF NOT EXISTS normalized_asset_source_time ON normalized (asset_id, source, observed_at)",
     *map(sort_index_statement, SORT_INDEXES),
 )
+RETENTION_INDEXES = (  # version 7: what `common.prune` looks for, without reading the batches' payloads
+    "CREATE INDEX IF NOT EXISTS raw_batches_done ON raw_batches (created_at) WHERE status = 'done'",
+    "CREATE INDEX IF NOT EXISTS quarantine_unresolved ON quarantine (batch_id) WHERE resolved_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS quarantine_resolved ON quarantine (resolved_at) WHERE resolved_at IS NOT NULL",
+)
 MIGRATIONS = {  # version -> statements that bring version - 1 up to it, in one transaction
     2: ("ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX IF NOT EXISTS runs_running ON runs (stage, source) WHERE status = 'running'"),
@@ -104,6 +109,9 @@ MIGRATIONS = {  # version -> statements that bring version - 1 up to it, in one 
         "DROP TABLE normalized",
         "ALTER TABLE normalized_v6 RENAME TO normalized",
         *_RECORD_INDEXES),
+    # the space itself is given back by `SqliteStore.reclaim_space` (incremental vacuum; a store laid out before
+    # this version is converted by the first prune, once the deletions left little to copy)
+    7: RETENTION_INDEXES,
 }
 
 
@@ -136,7 +144,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             version = row[0] if row else (SCHEMA_VERSION if fresh else 1)
             if fresh:
                 conn.execute("ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
-                for statement in (*MIGRATIONS[2][1:], *_RECORD_INDEXES):
+                for statement in (*MIGRATIONS[2][1:], *_RECORD_INDEXES, *RETENTION_INDEXES):
                     conn.execute(statement)
             found = version if found is None else found
             if version >= SCHEMA_VERSION:

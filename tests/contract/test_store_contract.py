@@ -1102,9 +1102,105 @@ class V5UpgradeContract(ContractBase):
             self.dispose(old)
 
 
+DAY = 86_400.0
+
+
+class PruneContract(ContractBase):
+    """Retention (`prune_raw_batches`, `prune_runs`, `prune_quarantine`): old housekeeping goes in bounded steps;
+    what is still needed (pending batches, batches an unresolved entry replays from, running runs, unresolved
+    entries, the run counts behind /metrics) never does."""
+
+    def done_batch(self, store, batch_id, quarantine=()):
+        store.put_raw_batch(batch(batch_id=batch_id))
+        [pending] = [b for b in store.pending_raw_batches(100) if b.batch_id == batch_id]
+        store.commit_transformed(pending, [], list(quarantine), [])
+
+    def test_old_done_batches_go_pending_and_new_ones_stay(self, store, clock):
+        for index in range(5):
+            self.done_batch(store, f"old:{index}")
+        store.put_raw_batch(batch(batch_id="old:pending"))  # as old, never transformed
+        clock.advance(8 * DAY)
+        self.done_batch(store, "new:0")
+        cutoff = iso_utc(clock() - 7 * DAY)
+        assert store.prune_raw_batches(cutoff, limit=2) == 2  # a bounded step
+        assert store.prune_raw_batches(cutoff, limit=100) == 3
+        assert store.prune_raw_batches(cutoff, limit=100) == 0
+        assert {b.batch_id for b in store.pending_raw_batches(100)} == {"old:pending"}
+        assert store.get_raw_batch("new:0") is not None and store.get_raw_batch("old:0") is None
+        assert store.count_raw_batches() == 2
+
+    def test_a_batch_an_unresolved_entry_replays_from_is_kept_until_resolved(self, store, clock):
+        self.done_batch(store, "kept", quarantine=[quarantined("q-open", batch_id="kept")])
+        self.done_batch(store, "whole", quarantine=[quarantined("q-whole", batch_id="whole", row_number=None)])
+        self.done_batch(store, "fixed", quarantine=[quarantined("q-fixed", batch_id="fixed")])
+        store.resolve_quarantine(["q-fixed"], "replay-1")
+        clock.advance(8 * DAY)
+        assert store.prune_raw_batches(iso_utc(clock() - 7 * DAY), limit=100) == 1
+        assert store.get_raw_batch("fixed") is None
+        assert store.get_raw_batch("kept") is not None and store.get_raw_batch("whole") is not None
+        store.resolve_quarantine(["q-open", "q-whole"], "replay-2")
+        assert store.prune_raw_batches(iso_utc(clock() - 7 * DAY), limit=100) == 2
+
+    def test_a_pruned_batch_read_again_is_a_new_pending_batch(self, store, clock):
+        self.done_batch(store, "b:0")
+        clock.advance(8 * DAY)
+        store.prune_raw_batches(iso_utc(clock() - 7 * DAY), limit=100)
+        store.put_raw_batch(batch(batch_id="b:0"))
+        [again] = store.pending_raw_batches(10)
+        assert (again.batch_id, again.version) == ("b:0", 1)
+
+    def test_old_finished_runs_go_but_running_ones_and_the_newest_of_each_kind_stay(self, store):
+        day = "2026-01-0{}T00:00:00.000Z"
+        for index, status in enumerate(("succeeded", "succeeded", "failed", "failed", "succeeded")):
+            store.save_run(run(f"old{index}", "extract", "a", status=status, started_at=day.format(index + 1)))
+        store.save_run(run("stuck", "extract", "a", status="running", started_at=day.format(1)))
+        store.save_run(run("recent", "transform_load", None, status="running", started_at="2026-02-01T00:00:00.000Z"))
+        store.save_run(run("recent", "transform_load", None, status="succeeded", started_at="2026-02-01T00:00:00.000Z"))
+        counts = store.count_runs()  # (transform_load, None, running) has been counted down to 0: no run of its kind
+        assert store.prune_runs("2026-01-20T00:00:00.000Z", limit=1) == 1
+        assert store.prune_runs("2026-01-20T00:00:00.000Z", limit=100) == 2
+        assert store.prune_runs("2026-01-20T00:00:00.000Z", limit=100) == 0
+        left = {r.run_id for r in store.list_runs(limit=100)}
+        assert left == {"stuck", "old3", "old4", "recent"}  # running; newest failed and succeeded of extract a
+        assert store.count_runs() == counts  # the counters behind /metrics never go back
+        store.save_run(run("later", "extract", "a", status="succeeded", started_at="2026-02-02T00:00:00.000Z"))
+        assert store.count_runs()[("extract", "a", "succeeded")] == counts[("extract", "a", "succeeded")] + 1
+        assert store.prune_runs("2026-01-20T00:00:00.000Z", limit=100) == 1  # old4 is no longer the newest
+        assert store.get_run("old4") is None and store.get_run("stuck") is not None
+
+    def test_old_resolved_quarantine_goes_and_unresolved_stays(self, store, clock):
+        self.commit_pending(store, quarantine=[quarantined(f"q{i}") for i in range(4)])
+        store.resolve_quarantine(["q0", "q1", "q2"], "replay-1")
+        clock.advance(40 * DAY)
+        self.commit_pending(store, quarantine=[quarantined("q-new")])
+        store.resolve_quarantine(["q-new"], "replay-2")  # resolved now: kept for its retention
+        cutoff = iso_utc(clock() - 30 * DAY)
+        assert store.prune_quarantine(cutoff, limit=2) == 2
+        assert store.prune_quarantine(cutoff, limit=100) == 1
+        assert {e["id"] for e in store.list_quarantine()} == {"q3", "q-new"}
+        assert store.count_quarantine(unresolved_only=True) == 1
+
+    def test_a_stale_pruner_deletes_nothing(self, store, clock):
+        self.done_batch(store, "b:0", quarantine=[quarantined("q1", batch_id="b:0")])
+        store.resolve_quarantine(["q1"], "replay-1")
+        store.save_run(run("r0", status="failed"))
+        store.save_run(run("r1", status="failed", started_at="2026-01-02T00:00:00.000Z"))
+        stale = store.acquire_lease("prune", "first", 10, now=clock())
+        clock.advance(8 * DAY)
+        store.acquire_lease("prune", "second", 10, now=clock())
+        cutoff = iso_utc(clock())
+        for prune in (store.prune_raw_batches, store.prune_runs, store.prune_quarantine):
+            with pytest.raises(LeaseLost):
+                prune(cutoff, limit=100, fence=stale)
+        assert (store.count_raw_batches(), len(store.list_runs()), store.count_quarantine()) == (1, 2, 1)
+
+    def test_reclaim_space_is_safe_to_call_any_time(self, store):
+        assert store.reclaim_space() >= 0
+
+
 class StoreContract(LifecycleContract, LeaseContract, FencingContract, StateContract, BatchContract, RecordContract,
                     QuarantineContract, LedgerContract, UpgradeContract, V3UpgradeContract, V4UpgradeContract,
-                    V5UpgradeContract):
+                    V5UpgradeContract, PruneContract):
     """Behaviour every `Store` adapter must show, one mixin per role; subclasses only build stores."""
 
 
