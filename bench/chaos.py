@@ -51,7 +51,7 @@ RECOVERY_LIMIT_S = 30.0
 PHASE_LIMIT_S = 90.0  # a phase whose stages have not all succeeded by then did not converge
 RETRY_S = 0.2  # pause before relaunching a stage whose invocation ended skipped, partial or failed
 POLL_S = 0.001
-SKIP_COLUMNS = {"ingested_at", "run_id"}  # per-run metadata, first-seen: differs between any two runs
+SKIP_COLUMNS = {"ingested_at", "run_id", "id"}  # per-run metadata and the row id (first-ingest order): differ between runs
 STATE_TABLES = ("checkpoints", "raw_batches", "normalized", "quarantine", "assets", "asset_sources")
 
 
