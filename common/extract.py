@@ -13,6 +13,7 @@ from common.runs import LeaseKeeper
 from common.sources import SourceSpec
 from common.sources.csv_file import CsvChunk, CsvFile, FileStat
 from common.sources.csv_position import CsvScan, FilePosition, Resume, resume
+from common.sources.remote_file import RemoteOptions, is_remote
 from common.store import RawBatch, Run, Store
 
 Progress = Callable[[int, int, int], None]
@@ -31,7 +32,8 @@ def extract_csv(
 ) -> str:
     """Bring the loaded copy of the CSV up to date (changed chunks re-read, appended lines read) until the end or
     the deadline; return the run's final status. `sleep` waits out the settle interval (injected in tests)."""
-    csv_file = CsvFile(spec.location, settings.csv_chunk_rows, settings.csv_max_line_bytes)
+    remote = RemoteOptions.from_settings(settings) if is_remote(spec.location) else None
+    csv_file = CsvFile(spec.location, settings.csv_chunk_rows, settings.csv_max_line_bytes, remote)
     stat, started = csv_file.stat(), deadline.clock()  # before reading anything: see _last_line_complete
     header, data_start = csv_file.read_header()
     mapper = FieldMapper.for_run(store, spec, settings, run.run_id, deadline.clock, learn=False)
@@ -46,7 +48,7 @@ def extract_csv(
     if start.reason:
         run.summary["warnings"].append(start.reason)
     run.checkpoint = start.position.to_dict()
-    run.summary.update(file=spec.location, batches=0, rejected_lines=0, bytes_total=stat.size, rewritten_chunks=0)
+    run.summary.update(file=csv_file.shown, batches=0, rejected_lines=0, bytes_total=stat.size, rewritten_chunks=0)
     if data_start >= stat.size:
         run.summary["warnings"].append("file has a header but no data rows")
         return "succeeded"

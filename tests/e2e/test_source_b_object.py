@@ -138,7 +138,7 @@ def test_reading_a_large_object_keeps_memory_flat(range_server):
 
 def test_an_object_that_is_not_there_fails_the_run_with_its_location(gcs_emulator, wire, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
-    run = run_extract("source_b", wire(gcs_emulator.location("missing.csv")))
+    run = run_extract("source_b", wire(gcs_emulator.location("missing.csv"), storage_emulator_host=gcs_emulator.url))
     assert run.status == "failed" and "not found: gs://etl-test/missing.csv" in run.summary["errors"][0]
     with pytest.raises(SourceError, match="not found"):
         CsvFile(gcs_emulator.location("missing.csv"), 10, 1000).stat()
