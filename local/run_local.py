@@ -63,7 +63,7 @@ TRIGGER_GRACE_S = 1.5  # how long a stopped pass may take to record itself
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 log = logging.getLogger("local.run_local")
 
-def start_function(name: str, host: str, port: int, env: Mapping[str, str]) -> subprocess.Popen:
+def start_function(name: str, host: str, port: int, env: Mapping[str, str], **streams) -> subprocess.Popen:
     """One function as its own functions-framework process (as on a FaaS platform), in its own session (signals
     come from us only, once), stopped by SIGTERM if this process dies."""
     # gunicorn >= 25 puts a control socket in XDG_RUNTIME_DIR; one directory per process avoids a clash
@@ -77,7 +77,7 @@ def start_function(name: str, host: str, port: int, env: Mapping[str, str]) -> s
         [sys.executable, "-m", "local.function_server", "--target", name, "--host", host, "--port", str(port),
          "--stop-with-parent", str(os.getpid())],
         cwd=ROOT, env={**server_env(settings, env), "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": str(runtime_dir)},
-        start_new_session=True,
+        start_new_session=True, **streams,  # streams: stdout=/stderr= (tests); default: this process's
     )
 
 

@@ -30,6 +30,9 @@ from tests.e2e.conftest import stage_env
 
 STOP_WITHIN_S = 5.0
 START_WITHIN_S = 90.0
+API_KEY = "sk-demo-0123456789abcdef"
+JWT_SECRET = "j" * 48
+SERVICES = {"run_local", "http_api", "extract_source_a", "extract_source_b", "extract_source_c", "transform_load"}
 
 
 class Started:
@@ -41,7 +44,7 @@ class Started:
         env = stage_env(tmp_path, SOURCE_B_PATH=str(ROOT / "data" / "Historical_Data.csv"), LOG_LEVEL="INFO",
                         SOURCE_A_URL="http://api.coinpaprika.invalid/v1/tickers",
                         SOURCE_C_URL="http://127.0.0.1:9/api/v3/coins/markets", HTTP_MAX_ATTEMPTS="1",
-                        PORT="0", **extra_env)
+                        PORT="0", SOURCE_C_API_KEY=API_KEY, JWT_SECRET=JWT_SECRET, **extra_env)
         make = ["make", "-s", "--no-print-directory", target]
         self.background = background
         if background:  # a script: `make run &` (SIGINT ignored for the job), then waits for it
@@ -174,9 +177,18 @@ def stop_and_check(started: Started, send, expected_make_status: set[int],
     else:
         status = started.process.returncode
     assert status in expected_make_status, status
-    finals = [json.loads(line) for line in err.splitlines() if line.startswith("{") and '"exit_status"' in line]
+    entries = log_entries(err)
+    finals = [entry for entry in entries if "exit_status" in entry]
     assert [entry["exit_status"] for entry in finals] == [0], finals  # the runner's own status
+    assert API_KEY not in out + err and JWT_SECRET not in out + err
     return took, out, err
+
+
+def log_entries(err: str) -> list[dict]:
+    """stderr holds the log: every line one JSON object (stderr is not a terminal) from a known process."""
+    entries = [json.loads(line) for line in err.splitlines() if line.strip() and not line.startswith("make-exit=")]
+    assert {entry["service"] for entry in entries} <= SERVICES
+    return entries
 
 
 @pytest.fixture
@@ -198,7 +210,14 @@ def stack(tmp_path):
 
 def test_make_run_ctrl_c_in_the_foreground_stops_everything(stack):
     started = stack("run")
-    stop_and_check(started, lambda: os.killpg(started.process.pid, signal.SIGINT), {0, -signal.SIGINT})
+    _, _, err = stop_and_check(started, lambda: os.killpg(started.process.pid, signal.SIGINT),
+                               {0, -signal.SIGINT})
+    entries = log_entries(err)
+    assert {"run_local", "extract_source_b", "transform_load"} <= {entry["service"] for entry in entries}
+    ended = [entry for entry in entries if entry["logger"] == "common.runs" and entry["service"] != "run_local"]
+    assert ended and all(entry.get("run_id") and entry.get("request_id") for entry in ended), ended
+    passes = [entry for entry in entries if entry["logger"] == "common.orchestrator"]
+    assert passes and all(entry["message"].startswith(f"pass {entry['run_id']}:") for entry in passes)
 
 
 def test_make_run_sigterm_to_make_in_the_foreground_stops_everything(stack):
@@ -257,3 +276,18 @@ def test_make_demo_ctrl_c_during_start_up_stops_everything_without_a_traceback(s
     time.sleep(after_s)
     stop_and_check(started, lambda: os.killpg(started.process.pid, signal.SIGINT), {0, -signal.SIGINT},
                    started_up=False)
+
+
+def test_functions_stop_on_their_own_when_the_runner_is_killed_outright(stack):
+    """kill -9 of the runner: no handler runs, yet every function stops (the parent-death signal), so nothing keeps
+    the ports. Their exit statuses are collected by whatever adopts them (init here), so a zombie is not counted."""
+    started = stack("run")
+    tree = started.tree()
+    functions = [p for p in tree if "local.function_server" in " ".join(p.cmdline())]
+    assert len(functions) == 10
+    os.kill(started.runner_pid(), signal.SIGKILL)
+    started.process.wait(timeout=STOP_WITHIN_S)
+    deadline = time.monotonic() + STOP_WITHIN_S
+    while [line for line in alive(functions) if not line.endswith("zombie")] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [line for line in alive(functions) if not line.endswith("zombie")] == []
