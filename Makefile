@@ -4,7 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test install bench data package clean
+.PHONY: run demo test install bench data package deploy clean local-up local-down logs
+
+# The compose stack: the `docker compose` plugin when it answers, else Debian's `docker-compose` (1.29).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# OFFLINE=1: the `offline` profile adds the source emulator, and sources A and C are pointed at it.
+OFFLINE_ENV := SOURCE_A_URL=http://emulator:8900/v1/tickers SOURCE_C_URL=http://emulator:8900/api/v3/coins/markets \
+	SOURCE_A_RATE=10/10s SOURCE_C_RATE=6/10s
 
 run: install ## set up and run the whole stack on the embedded SQLite store (Ctrl-C stops it)
 	$(PY) -m local.run_local
@@ -34,6 +40,18 @@ package: ## build/<function>/: main.py + requirements.txt + common/, one deploya
 	for f in functions/*/; do name=$$(basename $$f); mkdir -p build/$$name; \
 	  cp $$f/main.py $$f/requirements.txt build/$$name/; cp -r common build/$$name/; \
 	  find build/$$name -name __pycache__ -prune -exec rm -rf {} +; done
+
+deploy: package ## Cloud Functions gen2 + Cloud Scheduler (deploy/gcloud.py): prints the gcloud commands; DEPLOY=1 runs them
+	$(PY) -m deploy.gcloud $(if $(DEPLOY),--run)
+
+local-up: ## the stack in containers: MongoDB, each function, the trigger, Prometheus (OFFLINE=1: A and C emulated)
+	$(if $(OFFLINE),$(OFFLINE_ENV) $(COMPOSE) --profile offline,$(COMPOSE)) up -d --build
+
+local-down: ## stop and remove the stack's containers (the data volumes stay)
+	$(COMPOSE) --profile offline down
+
+logs: ## follow every container's logs
+	$(COMPOSE) --profile offline logs -f --tail=100
 
 clean:
 	rm -rf $(VENV) data/etl.sqlite3* .run build

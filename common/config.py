@@ -30,6 +30,7 @@ class Settings:
     lease_ttl_s: float = 20.0
     store_timeout_s: float = 3.0
     log_level: str = "INFO"
+    log_format: str = "auto"  # LOG_FORMAT: json | text | auto (text on a terminal, else JSON; common/logs.py)
     source_a_url: str = DEFAULT_SOURCE_A_URL
     source_a_api_key: str | None = field(default=None, repr=False)
     source_a_rate: str = "10/1m"
@@ -48,6 +49,10 @@ class Settings:
     max_server_wait_s: float = 3600.0
     source_pass_interval_s: float = 3600.0
     quarantine_max_ratio: float = 0.5
+    # --- retention (common.prune: `etl prune`, and after every pass), in days ---
+    raw_retention_days: float = 7.0  # processed raw batches (pending ones, and those unresolved quarantine needs, stay)
+    run_retention_days: float = 30.0  # finished runs: /stats' 7-day error rate and a month of /runs history
+    quarantine_retention_days: float = 30.0  # resolved quarantine entries (unresolved ones stay)
     # --- one pass (orchestrator) and the trigger ---
     etl_schedule: str = "0 * * * *"  # cron (5 fields, UTC) or an interval such as 30s, 15m, 1h
     pass_budget_s: float = 3000.0
@@ -73,6 +78,10 @@ class Settings:
     jwt_audience: str = ""
     jwt_issuer: str = ""
     refresh_min_s: float = 60.0
+    # --- deployment (FaaS): see resolve_path ---
+    deployed_as: str = ""  # K_SERVICE, set by Cloud Functions gen2 / Cloud Run: no default may depend on the folder
+    storage_emulator_host: str = ""  # STORAGE_EMULATOR_HOST: gs:// objects come from this emulator, anonymously
+    stage_auth: str = "none"  # STAGE_AUTH: none | oidc (the HTTP invoker sends a metadata-server identity token)
 
     def aliases_for(self, source: str) -> dict[str, list[str]]:
         return parse_field_aliases(self.field_aliases).get(source, {})
@@ -88,16 +97,21 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         reader = _EnvReader(env)
+        deployed_as = reader.text("K_SERVICE")
+        mongodb_uri = reader.text("MONGODB_URI") or None
         settings = cls(
-            mongodb_uri=reader.text("MONGODB_URI") or None,
-            sqlite_path=reader.text("SQLITE_PATH") or DEFAULT_SQLITE_PATH,
-            source_b_path=reader.text("SOURCE_B_PATH") or DEFAULT_SOURCE_B_PATH,
+            mongodb_uri=mongodb_uri,
+            sqlite_path=resolve_path("SQLITE_PATH", reader.text("SQLITE_PATH"), DEFAULT_SQLITE_PATH, deployed_as,
+                                     needed=not mongodb_uri, remote_ok=False),
+            source_b_path=resolve_path("SOURCE_B_PATH", reader.text("SOURCE_B_PATH"), DEFAULT_SOURCE_B_PATH,
+                                       deployed_as, needed=False, remote_ok=True),
             csv_chunk_rows=reader.number("CSV_CHUNK_ROWS", 20_000, int, minimum=1),
             csv_max_line_bytes=reader.number("CSV_MAX_LINE_BYTES", 1 << 20, int, minimum=64),
             invocation_budget_s=reader.number("INVOCATION_BUDGET_S", 540.0, float, minimum=1),
             lease_ttl_s=reader.number("LEASE_TTL_S", 20.0, float, minimum=0.1),
             store_timeout_s=reader.number("STORE_TIMEOUT_S", 3.0, float, minimum=0.05),
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
+            log_format=(reader.text("LOG_FORMAT") or "auto").lower(),
             source_a_url=reader.url("SOURCE_A_URL", DEFAULT_SOURCE_A_URL),
             source_a_api_key=reader.text("SOURCE_A_API_KEY") or None,
             source_a_rate=reader.rate("SOURCE_A_RATE", "10/1m"),
@@ -117,6 +131,9 @@ class Settings:
             max_server_wait_s=reader.number("MAX_SERVER_WAIT_S", 3600.0, float, minimum=0.0),
             source_pass_interval_s=reader.number("SOURCE_PASS_INTERVAL_S", 3600.0, float, minimum=1.0),
             quarantine_max_ratio=reader.number("QUARANTINE_MAX_RATIO", 0.5, float, minimum=0.0),
+            raw_retention_days=reader.number("RAW_RETENTION_DAYS", 7.0, float, minimum=0.0),
+            run_retention_days=reader.number("RUN_RETENTION_DAYS", 30.0, float, minimum=0.0),
+            quarantine_retention_days=reader.number("QUARANTINE_RETENTION_DAYS", 30.0, float, minimum=0.0),
             etl_schedule=reader.schedule("ETL_SCHEDULE", "0 * * * *"),
             pass_budget_s=reader.number("PASS_BUDGET_S", 3000.0, float, minimum=1),
             extract_source_a_url=reader.optional_url("EXTRACT_SOURCE_A_URL"),
@@ -139,7 +156,12 @@ class Settings:
             jwt_audience=reader.text("JWT_AUDIENCE"),
             jwt_issuer=reader.text("JWT_ISSUER"),
             refresh_min_s=reader.number("REFRESH_MIN_S", 60.0, float, minimum=0.0),
+            deployed_as=deployed_as,
+            storage_emulator_host=reader.host_url("STORAGE_EMULATOR_HOST"),
+            stage_auth=(reader.text("STAGE_AUTH") or "none").lower(),
         )
+        if settings.stage_auth not in ("none", "oidc"):
+            raise ConfigError(f"STAGE_AUTH must be none or oidc, got {settings.stage_auth!r}")
         if settings.source_c_per_page > 250:
             raise ConfigError(f"SOURCE_C_PER_PAGE must be between 1 and 250, got {settings.source_c_per_page}")
         if settings.drift_threshold > 1:
@@ -152,6 +174,8 @@ class Settings:
             raise ConfigError(f"SMTP_PORT must be between 1 and 65535, got {settings.smtp_port}")
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")
+        if settings.log_format not in {"auto", "json", "text"}:
+            raise ConfigError(f"LOG_FORMAT must be auto, json or text, got {settings.log_format!r}")
         return settings
 
 
@@ -196,6 +220,15 @@ class _EnvReader:
             raise ConfigError(f"{name} must be an http(s) URL")  # the value may hold a token: not echoed
         return value
 
+    def host_url(self, name: str) -> str:
+        """`host:port` or `http(s)://host:port` (the form client libraries accept for an emulator's address)."""
+        value = self.text(name).rstrip("/")
+        if value and not value.startswith(("http://", "https://")):
+            value = "http://" + value
+        if value and not re.fullmatch(r"https?://[\w.\-\[\]:]+", value):
+            raise ConfigError(f"{name} must be host:port or http://host:port, got {value[:80]!r}")
+        return value
+
     def aliases(self, name: str) -> str:
         value = self.text(name)
         parse_field_aliases(value)  # validated at start-up
@@ -222,6 +255,32 @@ class _EnvReader:
         if value < minimum:
             raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
         return value
+
+
+def resolve_path(setting: str, value: str, default: str, deployed_as: str, *, needed: bool, remote_ok: bool) -> str:
+    """A file setting: a path (or, where `remote_ok`, a gs:// / http(s):// location, kept as given).
+
+    Locally, a relative path (and the default) means relative to the directory the process runs in, as for any
+    command-line tool: `make run` and the functions it starts run in the checkout. Deployed (K_SERVICE set), that is
+    the function's own source folder — read-only, per instance, and not what anyone means by ./data — so nothing
+    defaults there: a relative path is refused, an unset one is refused when it is `needed` (the SQLite store
+    without MONGODB_URI), else left empty (the stage that needs it says so)."""
+    remote = value.startswith(("gs://", "http://", "https://"))
+    if remote and remote_ok:
+        return value
+    if remote:
+        raise ConfigError(f"{setting} must be a local path")
+    if deployed_as:
+        if value and not os.path.isabs(value):
+            where = "an absolute path or a gs:// / https:// location" if remote_ok else "an absolute path"
+            raise ConfigError(f"{setting} must be {where} when deployed (K_SERVICE={deployed_as}): a relative path "
+                              "would point into the function's own folder")
+        if not value and needed:
+            raise ConfigError(f"deployed (K_SERVICE={deployed_as}) without a store: set MONGODB_URI (e.g. MongoDB "
+                              f"Atlas); {setting} defaults to {default}, which would be a SQLite file inside the "
+                              "function's own folder, on one instance only")
+        return value
+    return value or default
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")

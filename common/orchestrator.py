@@ -32,6 +32,7 @@ from common.alerts.redact import redactor_for
 from common.clock import Deadline
 from common.errors import EtlError
 from common.invokers import StageInvoker, unreached
+from common.prune import Retention, prune
 from common.runs import LeaseKeeper, run_stage
 from common.schedule import parse_schedule
 from common.sources import SOURCE_NAMES, declared
@@ -69,8 +70,10 @@ def run_pass(wiring: Wiring, invoker: StageInvoker, *, sources: Iterable[str] | 
         run.status = one_pass.run(run, keeper)  # set before the alerts read it
         if "abandoned" in run.summary:
             run.summary["alerts"] = {"skipped": "the pass was stopped before it finished"}
+            run.summary["prune"] = {"status": "skipped", "warnings": ["the pass was stopped before it finished"]}
         else:
             run.summary["alerts"] = _alerts(notify, keeper, wiring, run)
+            run.summary["prune"] = _prune(wiring, run)
         return run.status
 
     return run_stage("pipeline", None, wiring.store, lease_ttl_s=settings.lease_ttl_s, clock=clock, work=work,
@@ -246,6 +249,20 @@ def _wrote(answer: dict) -> bool:
 def _reason(entry: dict | None) -> str:
     errors = (entry or {}).get("errors")
     return errors[0] if errors else "no error reported"
+
+
+def _prune(wiring: Wiring, run: Run) -> dict:
+    """Retention after the pass, once its stages and alerts are done (outside its budget: an invocation budget of
+    its own); whatever happens here never changes the pass's outcome."""
+    settings = wiring.settings
+    try:
+        return prune(wiring.store, Retention.from_settings(settings), clock=wiring.clock,
+                     lease_ttl_s=settings.lease_ttl_s, deadline=Deadline(wiring.clock, settings.invocation_budget_s),
+                     owner=f"{run.run_id}:prune")
+    except Exception as exc:  # noqa: BLE001 - pruning never fails a pass
+        error = redactor_for(settings)(f"{type(exc).__name__}: {exc}")
+        log.warning("pass %s: prune failed: %s", run.run_id, error, extra={"run_id": run.run_id})
+        return {"status": "failed", "error": error}
 
 
 def _alerts(notify: Notify | None, keeper: LeaseKeeper, wiring: Wiring, run: Run) -> dict:

@@ -20,9 +20,11 @@ from common.api.openapi import openapi_blueprint
 from common.api.refresh import refresh_blueprint
 from common.api.runs import runs_blueprint
 from common.api.stats import stats_blueprint
+from common.api.status import status_blueprint
 from common.api.trace import LastRunId
 from common.config import Settings
 from common.errors import EtlError, StoreError
+from common.invokers import invoker_for
 from common.wiring import Wiring, get_wiring, wiring_for
 
 
@@ -66,12 +68,13 @@ def create_app(wiring: Wiring) -> flask.Flask:
         return unexpected_error_response(error, _request_id())
 
     app.register_blueprint(data_blueprint(store))
-    app.register_blueprint(refresh_blueprint(wiring))
+    app.register_blueprint(refresh_blueprint(wiring, invoker_for))
     app.register_blueprint(runs_blueprint(store))
     app.register_blueprint(health_blueprint(store, wiring.clock, wiring.settings.etl_schedule))
-    app.register_blueprint(metrics_blueprint(store))
+    app.register_blueprint(metrics_blueprint(store, wiring.settings.etl_schedule))
     app.register_blueprint(stats_blueprint(store, wiring.clock))
     app.register_blueprint(openapi_blueprint())
+    app.register_blueprint(status_blueprint(store, wiring.clock, wiring.settings.etl_schedule))
     # <observability blueprints>
     return app
 

@@ -21,6 +21,7 @@ from common.store import RUN_STATUSES, SORTABLE_FIELDS
 JSON = "application/json"
 HEALTH_JSON = "application/health+json"
 PROMETHEUS_TEXT = "text/plain"
+HTML = "text/html"
 _REF = "#/components/schemas/"
 
 
@@ -198,6 +199,14 @@ _RUNS_PARAMS = [
                                                                      "maxLength": MAX_CURSOR_CHARS}),
 ]
 
+_STATUS_PARAMS = [
+    _query("symbol", "The asset shown, by ticker (default BTC); a value that is not a ticker is said so on the page",
+           {"type": "string"}),
+    _query("asset", "The asset shown, by asset id (wins over symbol)", {"type": "string"}),
+]
+_STATUS_PAGE = {"200": _json("The page, rendered on the server (readable without JavaScript)", {"type": "string"},
+                             media=HTML)}
+
 
 def _get(operation_id: str, summary: str, responses: dict, parameters: list | None = None) -> dict:
     return {"get": {"operationId": operation_id, "summary": summary, "parameters": parameters or [],
@@ -225,6 +234,22 @@ def document() -> dict:
                          "503": _json("fail: the store is down", health_body, media=HEALTH_JSON)}),
         "/health/live": _get("getLiveness", "The process answers (touches no dependency)",
                              {"200": _json("pass", health_body, media=HEALTH_JSON)}),
+        "/": _get("getStatusPage", "The status page (HTML; the same as /status)", _STATUS_PAGE, _STATUS_PARAMS),
+        "/status": _get("getStatus", "The status page: source tiles, last passes, rows per pass, one asset's prices",
+                        _STATUS_PAGE, _STATUS_PARAMS),
+        "/status/runs/{run_id}": _get("getRunPage", "One run as an HTML page (errors, warnings, drift, stages)",
+                                      {"200": _json("The run page", {"type": "string"}, media=HTML),
+                                       "404": _error("No run with that id")},
+                                      [{"name": "run_id", "in": "path", "required": True,
+                                        "schema": {"type": "string"}}]),
+        "/status/assets/{name}": _get(
+            "getStatusAsset", "The status page's stylesheet or script (cached for a year: the URL carries a digest)",
+            {"200": {"description": "The file", "headers": _headers(),
+                     "content": {"text/css": {"schema": {"type": "string"}},
+                                 "text/javascript": {"schema": {"type": "string"}}}},
+             "404": _error("No such asset")},
+            [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+             _query("v", "The file's digest, as the page links it (any value is accepted)", {"type": "string"})]),
         "/openapi.json": _get("getOpenApi", "This document",
                               {"200": _json("The OpenAPI 3.1 document", {"type": "object"})}),
         "/refresh": {"post": {

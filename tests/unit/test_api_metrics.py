@@ -125,3 +125,22 @@ def test_runs_written_by_another_os_process_show_on_the_next_scrape(store, setti
     samples = scrape(client)
     assert value(samples, "etl_runs_total", stage="extract", source="source_a", status="failed") == 3
     assert value(samples, "etl_runs_running", stage="extract", source="source_a") is None
+
+
+def test_records_are_counted_again_only_after_a_commit(tmp_path, monkeypatch):
+    from common.api.metrics import EtlCollector
+    from common.config import Settings
+    from common.wiring import build_store
+
+    store = build_store(Settings(sqlite_path=str(tmp_path / "m.sqlite3")))
+    counted = []
+    real = store.count_normalized
+    monkeypatch.setattr(store, "count_normalized", lambda source=None: counted.append(source) or real(source))
+    collector = EtlCollector(store)
+    for _ in range(3):
+        list(collector.collect())
+    assert len(counted) == 3  # once per source, not once per scrape
+    store.commit_transformed(None, [], [], [])  # a commit bumps the data version
+    families = {f.name: f for f in collector.collect()}
+    assert len(counted) == 6 and families["etl_records"].samples
+    store.close()
