@@ -11,5 +11,6 @@ RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 etl
 ENV PORT=8080 PYTHONUNBUFFERED=1 XDG_RUNTIME_DIR=/tmp
 USER etl
 EXPOSE 8080
-CMD exec functions-framework --target "$FUNCTION_TARGET" --source "functions/$FUNCTION_TARGET/main.py" \
-    --host 0.0.0.0 --port "$PORT"
+# functions-framework through local.function_server: gunicorn's worker timeout sized to the invocation budget (no
+# worker killed during a long stage), an X-Request-ID on every request, gunicorn's own lines in the log format
+CMD exec python -m local.function_server --target "$FUNCTION_TARGET" --host 0.0.0.0 --port "$PORT"

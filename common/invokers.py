@@ -12,6 +12,7 @@ audience) under the caller's service account, which needs `roles/run.invoker` on
 from __future__ import annotations
 
 import time
+import uuid
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Callable, Mapping
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ import requests
 
 from common.config import Settings
 from common.errors import ConfigError, EtlError
+from common.logs import current_log_context
 from common.pipeline import run_extract, run_transform
 from common.sources import REGISTRY, TRANSFORM_FUNCTION, declared
 from common.wiring import Wiring
@@ -110,7 +112,8 @@ class HttpInvoker(StageInvoker):
     def _post(self, function: str, stage: str, source: str | None) -> dict:
         url, started = self.urls[function], time.perf_counter()
         where = _origin(url)  # a URL's path or query may carry a token: only its origin goes into a reason
-        headers = {}
+        context = current_log_context()  # the stage's log lines and answer carry the caller's request (or pass) id
+        headers = {"X-Request-ID": str(context.get("request_id") or context.get("run_id") or uuid.uuid4().hex)}
         if self.id_token:
             try:
                 headers["Authorization"] = f"Bearer {self.id_token(_audience(url))}"

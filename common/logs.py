@@ -39,6 +39,11 @@ def log_context(**fields: object) -> Iterator[None]:
         _context.reset(token)
 
 
+def current_log_context() -> dict:
+    """The fields this thread's records carry now (e.g. to pass a request id on to a called service)."""
+    return dict(_context.get())
+
+
 def set_log_context(**fields: object) -> None:
     """Like `log_context`, for the rest of this thread's life (a worker thread that serves one pass)."""
     _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -10,6 +11,7 @@ from typing import Callable
 from common.clock import Clock, iso_utc
 from common.errors import EtlError, LeaseLost
 from common.ids import new_run_id
+from common.logs import log_context
 from common.store import Fence, Run, Store
 from common.store.fenced import FencedStore
 
@@ -41,7 +43,9 @@ class LeaseKeeper:
             return False
         self.store = FencedStore(self.raw_store, self.fence)  # type: ignore[assignment]
         if self.heartbeat:
-            self._thread = threading.Thread(target=self._beat, name=f"lease-{self.name}", daemon=True)
+            context = contextvars.copy_context()  # its log lines carry the run's run_id too
+            self._thread = threading.Thread(target=context.run, args=(self._beat,), name=f"lease-{self.name}",
+                                            daemon=True)
             self._thread.start()
         return True
 
@@ -97,6 +101,14 @@ def run_stage(stage: str, source: str | None, store: Store, *, lease_ttl_s: floa
     owner marked it."""
     started = time.perf_counter()
     run = Run(run_id=new_run_id(stage), stage=stage, source=source, started_at=iso_utc(clock()))
+    with log_context(run_id=run.run_id):  # every line logged for this run, the lease's heartbeat included
+        return _run_under_lease(run, store, started, lease_ttl_s=lease_ttl_s, clock=clock, work=work,
+                                budget_s=budget_s, heartbeat=heartbeat)
+
+
+def _run_under_lease(run: Run, store: Store, started: float, *, lease_ttl_s: float, clock: Clock, work: Work,
+                     budget_s: float | None, heartbeat: bool) -> Run:
+    stage, source = run.stage, run.source
     keeper = LeaseKeeper(store, f"{stage}:{source}" if source else stage, run.run_id, lease_ttl_s, clock,
                          hold_s=None if budget_s is None else budget_s + lease_ttl_s, heartbeat=heartbeat)
     try:

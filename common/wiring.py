@@ -38,8 +38,8 @@ def wiring_for(settings: Settings) -> Wiring:
 
 def get_wiring() -> Wiring:
     """Wiring for the current environment (stores connect lazily, so this is safe before a fork)."""
-    from common.logs import configure_logging
+    from common.logs import configure_logging, secret_values
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, secrets=secret_values(settings))
     return wiring_for(settings)

@@ -25,6 +25,7 @@ from common.api.trace import LastRunId
 from common.config import Settings
 from common.errors import EtlError, StoreError
 from common.invokers import invoker_for
+from common.logs import log_context
 from common.wiring import Wiring, get_wiring, wiring_for
 
 
@@ -116,4 +117,7 @@ def api_response(request: flask.Request) -> flask.Response:
         app = app_for_environment()
     except Exception as exc:  # noqa: BLE001 - whatever stops the app being built is answered in JSON
         return any_error_response(exc, request_id_of(request))
-    return Response.from_app(app.wsgi_app, request.environ)
+    request_id = request_id_of(request)
+    request.environ["HTTP_X_REQUEST_ID"] = request_id  # a generated id is the one the app echoes and logs
+    with log_context(request_id=request_id):
+        return Response.from_app(app.wsgi_app, request.environ)

@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 from common.api.envelope import any_error_response, etl_error_response, request_id_of
 from common.api.limits import check_target
 from common.errors import MethodNotAllowed
+from common.logs import log_context
 from common.store import Run
 from common.wiring import Wiring, get_wiring
 
@@ -34,7 +35,8 @@ def stage_response(request: flask.Request, action: Callable[[Wiring], Run]) -> f
             response = etl_error_response(MethodNotAllowed("use POST to run this stage"), request_id)
             response.headers["Allow"] = "POST"
             return response
-        run = action(get_wiring())
+        with log_context(request_id=request_id):
+            run = action(get_wiring())
     except Exception as exc:  # noqa: BLE001 - the edge: every failure becomes the JSON envelope
         return any_error_response(exc, request_id)
     response = flask.jsonify({"run": run.to_dict()})

@@ -84,3 +84,56 @@ def test_log_format_is_validated():
     assert Settings.from_env({"LOG_FORMAT": "JSON"}).log_format == "json"
     with pytest.raises(ConfigError, match="LOG_FORMAT"):
         Settings.from_env({"LOG_FORMAT": "xml"})
+
+
+
+def test_a_stage_run_s_lines_carry_its_run_id_also_from_the_lease_heartbeat(store, monkeypatch):
+    import threading
+    import time
+
+    from common.runs import run_stage
+
+    lines: list[dict] = []
+    handler = logging.Handler()
+    handler.emit = lambda rec: lines.append(
+        {**json.loads(JsonFormatter("t").format(rec)), "thread": threading.current_thread().name})
+    logger = logging.getLogger("tests.stage")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    renewed = threading.Event()
+    renew = store.renew_lease
+
+    def logged_renew(*args, **kwargs):
+        logger.info("renewing")
+        renewed.set()
+        return renew(*args, **kwargs)
+
+    monkeypatch.setattr(store, "renew_lease", logged_renew)
+
+    def work(run, keeper):
+        logger.info("in the stage")
+        assert renewed.wait(10), "the heartbeat never renewed"
+        return "succeeded"
+
+    try:
+        run = run_stage("extract", "source_a", store, lease_ttl_s=0.2, clock=time.time, work=work)
+    finally:
+        logger.removeHandler(handler)
+    stage = [line for line in lines if line["message"] == "in the stage"]
+    beats = [line for line in lines if line["message"] == "renewing"]
+    assert [line["run_id"] for line in stage] == [run.run_id]
+    assert beats and all(line["run_id"] == run.run_id and line["thread"].startswith("lease-") for line in beats)
+
+
+def test_the_http_invoker_passes_the_caller_s_request_id_to_the_stage():
+    import responses
+
+    from common.invokers import HttpInvoker
+
+    url = "http://b.test/"
+    with responses.RequestsMock() as mocked:
+        mocked.post(url, json={"run": {"run_id": "r", "stage": "extract", "source": "source_b",
+                                       "status": "succeeded"}})
+        with log_context(request_id="req-123", run_id="pass-1"):
+            HttpInvoker({"extract_source_b": url}, timeout_s=5).extract("b")
+        assert mocked.calls[0].request.headers["X-Request-ID"] == "req-123"
