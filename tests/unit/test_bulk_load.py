@@ -31,7 +31,7 @@ def small_bulk(monkeypatch):
     monkeypatch.setattr(sqlite_module, "ANALYZE_MIN_ROWS", 100)
 
 
-def test_a_large_backlog_drops_the_random_order_indexes_and_the_transform_builds_them(wiring, small_bulk,
+def test_a_large_backlog_drops_the_sort_indexes_and_the_transform_builds_them(wiring, small_bulk,
                                                                                       monkeypatch):
     write_csv(wiring.settings.source_b_path, csv_lines(coins=4, days=100))
     run_extract("source_b", wiring)
@@ -86,7 +86,7 @@ def test_a_writer_that_lost_its_lease_cannot_drop_or_build(wiring, small_bulk):
 
 
 def test_statistics_steer_a_source_filter_to_the_sort_index(wiring, small_bulk):
-    write_csv(wiring.settings.source_b_path, csv_lines(coins=4, days=100))
+    write_csv(wiring.settings.source_b_path, csv_lines(coins=10, days=300))
     run_extract("source_b", wiring)
     run_transform(wiring)
     sql = ("SELECT id FROM normalized WHERE source = ? ORDER BY price_usd DESC, id DESC LIMIT 10")
