@@ -55,7 +55,7 @@ class Browser:
     """Headless chromium over the DevTools pipe: one page, its console and log errors, dialogs."""
 
     def __init__(self, profile: Path) -> None:
-        binary = shutil.which("chromium") or shutil.which("chromium-browser")
+        binary = (os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or shutil.which("chromium-browser"))
         if binary is None:
             raise AssertionError("chromium is required for the status page test (Debian: apt-get install chromium)")
         to_child, self._to_browser = os.pipe()
