@@ -1,5 +1,9 @@
 """POST /refresh: one pipeline pass, run inside the request, for a caller holding a valid bearer token.
 
+Two kinds of caller (common/api/auth.py): an operator with an HS256 token from `etl token`, and, on Google Cloud,
+the Cloud Scheduler job `etl-pass` with a Google-signed OIDC ID token, one pass per ETL_SCHEDULE tick (so scheduled
+work is recorded as `pipeline` runs and pass-level alerts fire). Both meet the same 429 and 409 rules below.
+
 Why inside the request: on a FaaS platform nothing may outlive the response (a thread left running is frozen or
 killed with the instance), so the pass runs to its end before the answer, within the invocation's budget
 (INVOCATION_BUDGET_S). The orchestrator may overrun its pass budget by one extract and one transform invocation and
@@ -23,7 +27,7 @@ from typing import Callable
 
 import flask
 
-from common.api.auth import challenge, verify_bearer
+from common.api.auth import GoogleKeys, KeysUnavailable, challenge, verify_bearer
 from common.api.envelope import json_error, request_id_of
 from common.clock import Deadline
 from common.config import Settings
@@ -43,17 +47,18 @@ InvokerFor = Callable[[Wiring], StageInvoker]
 def refresh_blueprint(wiring: Wiring, invoker_for: InvokerFor = InProcessInvoker) -> flask.Blueprint:
     """The /refresh resource; `invoker_for` builds the stage invoker from the pass's (budget-trimmed) wiring."""
     blueprint = flask.Blueprint("refresh", __name__)
+    google_keys = GoogleKeys()  # fetched on the first Google ID token, then cached for this process
 
     @blueprint.post("/refresh")
     def refresh():
         request_id = flask.g.get("request_id") or request_id_of(flask.request)
         try:
-            claims = verify_bearer(flask.request.headers.get("Authorization"), wiring.settings)
+            claims = verify_bearer(flask.request.headers.get("Authorization"), wiring.settings, google_keys)
         except Unauthorized as exc:
             response = json_error(401, exc.code, exc.message, request_id)
             response.headers["WWW-Authenticate"] = challenge(exc)
             return response
-        except RefreshDisabled as exc:
+        except (RefreshDisabled, KeysUnavailable) as exc:
             return json_error(503, exc.code, exc.message, request_id)
         return _refresh(wiring, invoker_for, request_id, str(claims.get("sub", "?"))[:64])
 
