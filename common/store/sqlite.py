@@ -292,7 +292,12 @@ class SqliteStore(Store):
         now = iso_utc(self.clock())
         assets = list(assets)
         with self._write(fence) as conn:
+            (before,), = conn.execute("SELECT COALESCE(MAX(id), 0) FROM normalized").fetchall()
             conn.executemany(_UPSERT_NORMALIZED, records)
+            if records:  # rows new to the store got ids above `before` (an update keeps its id)
+                conn.execute("INSERT INTO record_counts (source, count) SELECT source, COUNT(*) FROM normalized "
+                             "WHERE id > ? GROUP BY source ON CONFLICT (source) DO UPDATE SET count = count + "
+                             "excluded.count", (before,))
             conn.executemany(
                 "INSERT INTO assets (asset_id, symbol, name, first_seen_at, updated_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (asset_id) DO UPDATE SET updated_at = excluded.updated_at",
@@ -417,9 +422,10 @@ class SqliteStore(Store):
         return [dict(zip(NORMALIZED_FIELDS, row)) for row in rows]
 
     def count_normalized(self, source: str | None = None) -> int:
+        """Kept by `commit_transformed` (schema version 8): one small read, not a walk over the records."""
         if source:
-            return self._read("SELECT COUNT(*) FROM normalized WHERE source = ?", (source,))[0][0]
-        return self._read("SELECT COUNT(*) FROM normalized")[0][0]
+            return self._read("SELECT COALESCE(SUM(count), 0) FROM record_counts WHERE source = ?", (source,))[0][0]
+        return self._read("SELECT COALESCE(SUM(count), 0) FROM record_counts")[0][0]
 
     def list_assets(self) -> list[dict]:
         rows = self._read(

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_stage_started ON runs (stage, started_at);
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
 CREATE INDEX IF NOT EXISTS runs_latest ON runs (stage, source, status, started_at, run_id);
+CREATE TABLE IF NOT EXISTS record_counts (source TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run_counts (
     stage TEXT NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (stage, source, status)) WITHOUT ROWID;
@@ -112,6 +113,10 @@ MIGRATIONS = {  # version -> statements that bring version - 1 up to it, in one 
     # the space itself is given back by `SqliteStore.reclaim_space` (incremental vacuum; a store laid out before
     # this version is converted by the first prune, once the deletions left little to copy)
     7: RETENTION_INDEXES,
+    # records per source, kept by every commit (record_counts is in SCHEMA, created empty on open): the counts of
+    # the records already there. /stats, /metrics and the status page read them instead of counting an index
+    8: ("INSERT INTO record_counts (source, count) SELECT source, COUNT(*) FROM normalized WHERE true GROUP BY source "
+        "ON CONFLICT (source) DO UPDATE SET count = excluded.count",),
 }
 
 

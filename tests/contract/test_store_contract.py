@@ -689,6 +689,13 @@ class RecordContract(ContractBase):
         assert (loaded.count_normalized("a"), loaded.count_normalized("b"), loaded.count_normalized("c")) == (3, 1, 2)
         assert loaded.count_normalized("zzz") == 0
 
+    def test_counts_follow_new_records_not_updates(self, loaded):
+        again = [r[:7] + (1.0,) + r[8:] for r in self.DATASET[:3]]  # the same keys, new prices: updates
+        self.commit_pending(loaded, records=again + [record("b", "new", "2026-02-01T00:00:00Z")])
+        assert (loaded.count_normalized(), loaded.count_normalized("a"), loaded.count_normalized("b")) == (7, 3, 2)
+        self.commit_pending(loaded, records=again)  # a replayed batch
+        assert loaded.count_normalized() == 7
+
     @pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
     @pytest.mark.parametrize("sort_by", SORTABLE_FIELDS)
     def test_keyset_walk_returns_the_whole_order_once(self, loaded, sort_by, descending):
@@ -1069,6 +1076,27 @@ class V4UpgradeContract(ContractBase):
             self.dispose(old)
 
 
+class V7UpgradeContract(ContractBase):
+    """Version 8 (records per source kept as they are committed) over a version 7 store."""
+
+    @abstractmethod
+    def reopen_as_v7(self, store: Store, clock: FakeClock) -> Store:
+        """Close `store`, take away what version 8 keeps, mark it version 7, reopen."""
+
+    def test_a_v7_store_upgrades_in_place_with_its_counts(self, tmp_path, clock):
+        store = self.make_store(tmp_path, clock)
+        self.commit_pending(store, records=[record(source_id=f"c{n}") for n in range(3)] + [record(source="b")])
+        old = self.reopen_as_v7(store, clock)
+        try:
+            assert old.migrate() == (7, SCHEMA_VERSION)
+            assert (old.count_normalized(), old.count_normalized("a"), old.count_normalized("b")) == (4, 3, 1)
+            self.commit_pending(old, records=[record(source="b", source_id="x")])
+            assert old.count_normalized("b") == 2
+            assert old.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
+        finally:
+            self.dispose(old)
+
+
 class V5UpgradeContract(ContractBase):
     """Version 6 (an index per sort field with a unique record position; SQLite: records in a rowid table) over a
     store as version 5 left it."""
@@ -1200,7 +1228,7 @@ class PruneContract(ContractBase):
 
 class StoreContract(LifecycleContract, LeaseContract, FencingContract, StateContract, BatchContract, RecordContract,
                     QuarantineContract, LedgerContract, UpgradeContract, V3UpgradeContract, V4UpgradeContract,
-                    V5UpgradeContract, PruneContract):
+                    V5UpgradeContract, V7UpgradeContract, PruneContract):
     """Behaviour every `Store` adapter must show, one mixin per role; subclasses only build stores."""
 
 
@@ -1212,12 +1240,18 @@ class TestSqliteStore(StoreContract):
         path = write_v1_sqlite(tmp_path / "v1.sqlite3")
         return SqliteStore(str(path), clock=clock)
 
-    def reopen_as_v3(self, store, clock):
+    @staticmethod
+    def reopen_after(store, clock, script: str) -> SqliteStore:
+        """Close `store`, run `script` on its file (putting it back in an older version's shape), reopen it."""
         store.close()
         conn = sqlite3.connect(store.path)
-        conn.executescript("DROP TABLE run_counts; DROP INDEX runs_latest; UPDATE schema_version SET version = 3;")
+        conn.executescript(script)
         conn.close()
         return SqliteStore(store.path, clock=clock)
+
+    def reopen_as_v3(self, store, clock):
+        return self.reopen_after(store, clock,
+                                 "DROP TABLE run_counts; DROP INDEX runs_latest; UPDATE schema_version SET version = 3;")
 
     def reopen_as_v4(self, store, clock):
         store.close()
@@ -1229,12 +1263,11 @@ class TestSqliteStore(StoreContract):
         conn.close()
         return SqliteStore(store.path, clock=clock)
 
+    def reopen_as_v7(self, store, clock):
+        return self.reopen_after(store, clock, "DELETE FROM record_counts; UPDATE schema_version SET version = 7;")
+
     def reopen_as_v5(self, store, clock):
-        store.close()
-        conn = sqlite3.connect(store.path)
-        conn.executescript(V5_SQLITE_RECORDS)
-        conn.close()
-        return SqliteStore(store.path, clock=clock)
+        return self.reopen_after(store, clock, V5_SQLITE_RECORDS)
 
     def test_v5_records_get_ids_in_first_ingest_order(self, tmp_path, clock):
         store = self.make_store(tmp_path, clock)
@@ -1296,6 +1329,11 @@ class MongoContract(StoreContract):
         for name in self.sort_indexes(store):
             db.normalized.drop_index(name)
         db.meta.update_one({"_id": "schema"}, {"$set": {"version": 4}})
+        return MongoStore(db.client, db.name, clock=clock, transactions=store._transactions)
+
+    def reopen_as_v7(self, store, clock):
+        db = store._database()
+        db.meta.update_one({"_id": "schema"}, {"$set": {"version": 7}})
         return MongoStore(db.client, db.name, clock=clock, transactions=store._transactions)
 
     def reopen_as_v5(self, store, clock):
