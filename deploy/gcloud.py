@@ -3,13 +3,20 @@
 Printed by default (a dry run to read, diff and review); `DEPLOY=1 make deploy` runs the same script. Why it is
 shaped this way:
 - every function is deployed from its own `build/<name>` (`make package`), entry point = folder name, python311;
-- only `http_api` is public; the stages are `--no-allow-unauthenticated`, and only two identities may invoke them
-  (`roles/run.invoker`): the Cloud Scheduler service account, with an OIDC token per job, and the functions' runtime
-  service account, which the API's `POST /refresh` uses (`STAGE_AUTH=oidc`, see common/invokers.py);
+- only `http_api` is public; the stages are `--no-allow-unauthenticated`, and one identity may invoke them
+  (`roles/run.invoker`): the functions' runtime service account, which the API's `POST /refresh` uses to run a pass
+  over HTTP with identity tokens (`STAGE_AUTH=oidc`, see common/invokers.py);
+- one Cloud Scheduler job, `etl-pass`, POSTs the API's `/refresh` on ETL_SCHEDULE with a Google-signed OIDC token
+  (audience: the API's URL; the API accepts it from the scheduler's service account only: REFRESH_OIDC_AUDIENCE,
+  REFRESH_OIDC_EMAILS), so every scheduled pass goes through the orchestrator: a `pipeline` run in the ledger and
+  the pass-level alerts, exactly as `make run`'s trigger. The audience is gen2's `https://REGION-PROJECT.
+  cloudfunctions.net/http_api`, known before the deploy (so the API is deployed once), and checked after it;
 - secrets come from Secret Manager (`--set-secrets`), never from the command line or this script's output: each
   function gets only the ones it reads;
-- each Scheduler job's attempt deadline outlasts `INVOCATION_BUDGET_S` (a stage stops itself at its budget and
-  answers `partial`), and Scheduler allows 30 minutes at most, so a budget that does not fit is refused here.
+- the job's attempt deadline outlasts `INVOCATION_BUDGET_S` (`/refresh` ends its pass within that budget and
+  answers 202 with the pass id when work is left), and Scheduler allows 30 minutes at most, so a budget that does
+  not fit is refused here. No retry: a missed tick is the next tick's work, and REFRESH_MIN_S / the pass lease turn a
+  duplicate call into a 429 / 409 that runs nothing.
 
 Settings come from the environment (see `Plan.from_env` and the README's deployment section).
 """
@@ -28,6 +35,7 @@ from typing import Mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "http_api"
+PASS_JOB = "etl-pass"
 SCHEDULER_MAX_DEADLINE_S = 1800
 FUNCTION_MAX_TIMEOUT_S = 3600
 SLACK_S = 60
@@ -35,7 +43,7 @@ FORWARDED = (  # non-secret settings passed on to every function when set here
     "SOURCE_A_URL", "SOURCE_A_RATE", "SOURCE_C_URL", "SOURCE_C_RATE", "SOURCE_C_MAX_PAGES", "SOURCE_C_PER_PAGE",
     "CSV_CHUNK_ROWS", "CSV_SETTLE_S", "LEASE_TTL_S", "STORE_TIMEOUT_S", "LOG_LEVEL", "HTTP_TIMEOUT_S",
     "HTTP_MAX_ATTEMPTS", "PASS_BUDGET_S", "FIELD_ALIASES", "FIELD_FORMATS", "ALERT_EMAIL_TO", "ALERT_EMAIL_FROM",
-    "SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "JWT_AUDIENCE", "JWT_ISSUER",
+    "SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "JWT_AUDIENCE", "JWT_ISSUER", "REFRESH_MIN_S",
 )
 SECRETS = {  # setting -> the functions that read it; the first two are always set, the others when listed
     "MONGODB_URI": None,  # every function
@@ -62,7 +70,6 @@ class Plan:
     budget_s: int
     pass_budget_s: int
     schedule: str
-    transform_schedule: str
     time_zone: str
     secrets: tuple[str, ...]
     secret_prefix: str
@@ -97,8 +104,6 @@ class Plan:
             scheduler_account=need("SCHEDULER_SERVICE_ACCOUNT", "the service account Cloud Scheduler signs as"),
             source_b_path=source_b, budget_s=budget, pass_budget_s=_number(env, "PASS_BUDGET_S", 3000),
             schedule=scheduler_cron(env.get("ETL_SCHEDULE", "").strip() or "0 * * * *", "ETL_SCHEDULE"),
-            transform_schedule=scheduler_cron(env.get("TRANSFORM_SCHEDULE", "").strip() or "*/10 * * * *",
-                                              "TRANSFORM_SCHEDULE"),
             time_zone=env.get("SCHEDULER_TIME_ZONE", "").strip() or "Etc/UTC",
             secrets=("MONGODB_URI", "JWT_SECRET", *(s for s in extra if s not in ("MONGODB_URI", "JWT_SECRET"))),
             secret_prefix=env.get("SECRET_PREFIX", "").strip() or "etl-",
@@ -108,6 +113,11 @@ class Plan:
 
     def secret_id(self, setting: str) -> str:
         return self.secret_prefix + setting.lower().replace("_", "-")
+
+    @property
+    def api_url(self) -> str:
+        """The URL Cloud Functions gen2 gives `http_api` (its `url` field): the scheduler's OIDC audience."""
+        return f"https://{self.region}-{self.project}.cloudfunctions.net/{API}"
 
 
 def _number(env: Mapping[str, str], name: str, default: int) -> int:
@@ -164,30 +174,34 @@ def script(plan: Plan) -> str:
         bucket = plan.source_b_path[len("gs://"):].split("/", 1)[0]
         lines.append(f"gcloud storage buckets add-iam-policy-binding gs://{bucket} --project={plan.project} "
                      f"--member=serviceAccount:{plan.runtime_account} --role=roles/storage.objectViewer")
-    lines.append("# 1. the stage functions: private; the scheduler and the API's /refresh may invoke them")
+    lines.append("# 1. the stage functions: private; only the API's /refresh (the runtime account) invokes them")
     for name in stages:
         lines.append(_deploy(plan, name, where, public=False, env=_env(plan, name)))
         lines.append(f"{url_var(name)}=$(gcloud functions describe {name} --gen2 {where} "
                      "--format='value(serviceConfig.uri)')")
-        for account in (plan.scheduler_account, plan.runtime_account):
-            lines.append(f"gcloud functions add-invoker-policy-binding {name} {where} "
-                         f"--member=serviceAccount:{account}")
-    lines.append("# 2. the API: public; reaches the stages over HTTP with identity tokens")
-    api_env = _env(plan, API) + [("STAGE_AUTH", "oidc")] + [
+        lines.append(f"gcloud functions add-invoker-policy-binding {name} {where} "
+                     f"--member=serviceAccount:{plan.runtime_account}")
+    api = url_var(API)
+    lines.append("# 2. the API: public; runs passes over HTTP with identity tokens; takes the scheduler's ID tokens")
+    lines.append(f"{api}={shlex.quote(plan.api_url)}")
+    api_env = _env(plan, API) + [("STAGE_AUTH", "oidc"), ("REFRESH_OIDC_AUDIENCE", plan.api_url),
+                                 ("REFRESH_OIDC_EMAILS", plan.scheduler_account)] + [
         (f"{name.upper()}_URL", f"${{{url_var(name)}}}") for name in stages]
     lines.append(_deploy(plan, API, where, public=True, env=api_env))
-    lines.append("# 3. Cloud Scheduler: each stage on its schedule, with an OIDC token, deadline past the budget")
+    lines.append(f"test \"$(gcloud functions describe {API} --gen2 {where} --format='value(url)')\" = \"${{{api}}}\" "
+                 f"|| {{ echo \"{API}'s URL is not ${{{api}}}: the scheduler's token audience would not match\" >&2; "
+                 "exit 1; }")
+    lines.append("# 3. Cloud Scheduler: one pass per ETL_SCHEDULE tick through the API's /refresh, with an OIDC "
+                 "token, deadline past the budget (the per-stage jobs of earlier versions are removed)")
     deadline = min(SCHEDULER_MAX_DEADLINE_S, plan.budget_s + SLACK_S)
-    for name in stages:
-        job = "etl-" + name.replace("_", "-")
-        schedule = plan.transform_schedule if name == "transform_load" else plan.schedule
-        location = f"--location={plan.region} --project={plan.project}"
+    location = f"--location={plan.region} --project={plan.project}"
+    for job in ["etl-" + name.replace("_", "-") for name in stages] + [PASS_JOB]:
         lines.append(f"gcloud scheduler jobs delete {job} {location} --quiet 2>/dev/null || true")
-        lines.append(
-            f"gcloud scheduler jobs create http {job} {location} --schedule={shlex.quote(schedule)} "
-            f"--time-zone={plan.time_zone} --http-method=POST --uri=\"${{{url_var(name)}}}\" "
-            f"--oidc-service-account-email={plan.scheduler_account} --oidc-token-audience=\"${{{url_var(name)}}}\" "
-            f"--attempt-deadline={deadline}s --max-retry-attempts=0")
+    lines.append(
+        f"gcloud scheduler jobs create http {PASS_JOB} {location} --schedule={shlex.quote(plan.schedule)} "
+        f"--time-zone={plan.time_zone} --http-method=POST --uri=\"${{{api}}}/refresh\" "
+        f"--oidc-service-account-email={plan.scheduler_account} --oidc-token-audience=\"${{{api}}}\" "
+        f"--attempt-deadline={deadline}s --max-retry-attempts=0")
     lines.append(f"echo \"API: $(gcloud functions describe {API} --gen2 {where} "
                  "--format='value(serviceConfig.uri)')\"")
     return "\n".join(lines) + "\n"
@@ -205,11 +219,21 @@ def _deploy(plan: Plan, name: str, where: str, *, public: bool, env: list[tuple[
     timeout = min(FUNCTION_MAX_TIMEOUT_S, budget + SLACK_S)
     secrets = ",".join(f"{s}={plan.secret_id(s)}:latest" for s in plan.secrets
                        if SECRETS[s] is None or name in SECRETS[s])
-    env_vars = "^@^" + "@".join(f"{key}={value}" for key, value in env)  # `gcloud topic escaping`: values hold ","
+    pairs = [f"{key}={value}" for key, value in env]
+    delimiter = _delimiter(pairs)
+    env_vars = f"^{delimiter}^" + delimiter.join(pairs)  # `gcloud topic escaping`: values hold "," and "@"
     return (f"gcloud functions deploy {name} --gen2 --runtime=python311 {where} --trigger-http "
             f"--entry-point={name} --source=build/{name} --service-account={plan.runtime_account} "
             f"{'--allow-unauthenticated' if public else '--no-allow-unauthenticated'} --timeout={timeout}s "
             f"--memory={plan.memory} --set-env-vars=\"{_double_quoted(env_vars)}\" --set-secrets={secrets}")
+
+
+def _delimiter(pairs: list[str]) -> str:
+    """A `--set-env-vars` delimiter that no value holds (e-mail addresses hold `@`, JSON settings `,`)."""
+    for candidate in "|~#;!%+":
+        if not any(candidate in pair for pair in pairs):
+            return candidate
+    raise PlanError("the settings' values use every character `make deploy` could separate them with: |~#;!%+")
 
 
 def _double_quoted(text: str) -> str:

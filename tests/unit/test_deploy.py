@@ -1,6 +1,7 @@
 """Deployment to Google Cloud Functions gen2: each package's requirements pinned to the versions tested here, and
 `make deploy`'s dry run — every function deployed from its package, only http_api public, secrets from Secret
-Manager, Cloud Scheduler calling the private stages with OIDC within an attempt deadline past the budget."""
+Manager, one Cloud Scheduler job calling the API's /refresh with OIDC within an attempt deadline past the budget,
+the private stages invoked by the API alone."""
 
 from __future__ import annotations
 
@@ -47,6 +48,15 @@ def flag(words: list[str], name: str) -> str | None:
     return None
 
 
+def env_vars(words: list[str]) -> dict[str, str]:
+    """`--set-env-vars` as gcloud reads it (`gcloud topic escaping`: `^D^` makes D the delimiter instead of `,`)."""
+    raw = flag(words, "--set-env-vars")
+    delimiter = ","
+    if raw.startswith("^"):
+        delimiter, raw = raw[1:].split("^", 1)
+    return dict(item.split("=", 1) for item in raw.split(delimiter))
+
+
 def test_every_package_pins_the_exact_runtime_versions_tested_here():
     from deploy.pins import runtime_pins
 
@@ -84,28 +94,60 @@ def test_dry_run_deploys_every_function_with_only_the_api_public():
     assert "SOURCE_B_PATH=gs://my-bucket/Historical_Data.csv" in flag(deploys["extract_source_b"], "--set-env-vars")
 
 
-def test_dry_run_schedules_each_private_stage_with_oidc_and_grants_the_callers_invoker():
+API_URL = "https://europe-west1-my-proj.cloudfunctions.net/http_api"  # gen2's URL for http_api, known beforehand
+
+
+def test_dry_run_schedules_one_pass_per_tick_through_the_api_with_oidc():
+    """One Cloud Scheduler job, `etl-pass`, POSTs the public API's /refresh with a Google ID token for the API's URL,
+    so each scheduled pass goes through the orchestrator (a `pipeline` run, pass-level alerts)."""
     result = dry_run(ETL_SCHEDULE="15 * * * *")
     assert result.returncode == 0, result.stderr
     words_list = commands(result.stdout)
     jobs = [w for w in words_list if w[1:4] == ["scheduler", "jobs", "create"]]
-    targets = {}
-    for words in jobs:
-        assert words[4] == "http"
-        assert flag(words, "--oidc-service-account-email") == DEPLOY_ENV["SCHEDULER_SERVICE_ACCOUNT"]
-        assert flag(words, "--http-method") == "POST"
-        deadline = int(flag(words, "--attempt-deadline").rstrip("s"))
-        assert 540 < deadline <= 1800
-        assert flag(words, "--oidc-token-audience") == flag(words, "--uri")
-        targets[flag(words, "--uri")] = flag(words, "--schedule")
-    assert sorted(targets) == sorted(f"${{URL_{name.upper()}}}" for name in STAGES)  # never the public API
-    assert targets["${URL_EXTRACT_SOURCE_B}"] == "15 * * * *"
-    grants = [w for w in words_list if w[1:3] == ["functions", "add-invoker-policy-binding"]]
+    assert [(w[4], w[5]) for w in jobs] == [("http", "etl-pass")]
+    job = jobs[0]
+    assert flag(job, "--uri") == "${URL_HTTP_API}/refresh" and flag(job, "--http-method") == "POST"
+    assert flag(job, "--oidc-service-account-email") == DEPLOY_ENV["SCHEDULER_SERVICE_ACCOUNT"]
+    assert flag(job, "--oidc-token-audience") == "${URL_HTTP_API}"
+    assert flag(job, "--schedule") == "15 * * * *"
+    assert 540 < int(flag(job, "--attempt-deadline").rstrip("s")) <= 1800
+    assert flag(job, "--max-retry-attempts") == "0"  # a missed tick is the next tick's work
+    assert f"URL_HTTP_API={API_URL}" in result.stdout.splitlines()
+    lines = result.stdout.splitlines()
+    api_deployed = next(i for i, line in enumerate(lines) if "gcloud functions deploy http_api" in line)
+    job_created = next(i for i, line in enumerate(lines) if "scheduler jobs create" in line)
+    assert api_deployed < job_created
+    checked = [line for line in lines[api_deployed:job_created] if "value(url)" in line]
+    assert checked and "http_api" in checked[0]  # the deployed URL is checked against the audience before use
+    deploys = {w[3]: w for w in words_list if w[1:3] == ["functions", "deploy"]}
+    api_env = env_vars(deploys["http_api"])
+    assert api_env["REFRESH_OIDC_AUDIENCE"] == API_URL
+    assert api_env["REFRESH_OIDC_EMAILS"] == DEPLOY_ENV["SCHEDULER_SERVICE_ACCOUNT"]
+    assert not any("REFRESH_OIDC_AUDIENCE" in env_vars(deploys[name]) for name in STAGES)
+    deleted = {w[4] for w in words_list if w[1:4] == ["scheduler", "jobs", "delete"]}
+    assert {"etl-pass"} | {"etl-" + name.replace("_", "-") for name in STAGES} <= deleted  # old per-stage jobs go
+
+
+def test_env_values_holding_the_delimiters_reach_the_function_whole():
+    """E-mail addresses (REFRESH_OIDC_EMAILS, ALERT_EMAIL_TO) hold `@`, aliases JSON holds `,`: each value arrives as
+    set, whatever delimiter the script picks."""
+    aliases = '{"source_b": {"close": ["Close@", "last,price"]}}'
+    result = dry_run(ALERT_EMAIL_TO="ops@example.com,oncall@example.com", FIELD_ALIASES=aliases)
+    assert result.returncode == 0, result.stderr
+    deploys = {w[3]: w for w in commands(result.stdout) if w[1:3] == ["functions", "deploy"]}
+    for name in FUNCTIONS:
+        env = env_vars(deploys[name])
+        assert env["ALERT_EMAIL_TO"] == "ops@example.com,oncall@example.com"
+        assert env["FIELD_ALIASES"] == aliases and env["ETL_SCHEDULE"] == "0 * * * *"
+    assert env_vars(deploys["http_api"])["REFRESH_OIDC_EMAILS"] == DEPLOY_ENV["SCHEDULER_SERVICE_ACCOUNT"]
+
+
+def test_dry_run_lets_only_the_api_invoke_the_private_stages():
+    result = dry_run()
+    assert result.returncode == 0, result.stderr
+    grants = [w for w in commands(result.stdout) if w[1:3] == ["functions", "add-invoker-policy-binding"]]
     granted = {(w[3], flag(w, "--member")) for w in grants}
-    for name in STAGES:
-        assert (name, f"serviceAccount:{DEPLOY_ENV['SCHEDULER_SERVICE_ACCOUNT']}") in granted
-        assert (name, f"serviceAccount:{DEPLOY_ENV['RUNTIME_SERVICE_ACCOUNT']}") in granted  # the API's /refresh
-    assert not any(w[3] == "http_api" for w in grants)
+    assert granted == {(name, f"serviceAccount:{DEPLOY_ENV['RUNTIME_SERVICE_ACCOUNT']}") for name in STAGES}
 
 
 @pytest.mark.parametrize("env, message", [
