@@ -223,10 +223,14 @@ def _closed_port_url() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}/certs"
 
 
-@pytest.mark.parametrize("mode", ["refused", "error", "garbage"])
+@pytest.mark.parametrize("mode", ["refused", "silent", "error", "garbage"])
 def test_an_unreachable_jwks_is_a_503_not_a_401_nor_a_500(made, keys, jwks, mode):
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections (backlog) and never answers
     if mode == "refused":
         client, wiring = made(refresh_oidc_jwks_url=_closed_port_url())
+    elif mode == "silent":
+        client, wiring = made(refresh_oidc_jwks_url=f"http://127.0.0.1:{silent.getsockname()[1]}/certs",
+                              refresh_oidc_jwks_timeout_s=0.2)
     else:
         jwks.mode = mode
         client, wiring = made()
@@ -235,6 +239,7 @@ def test_an_unreachable_jwks_is_a_503_not_a_401_nor_a_500(made, keys, jwks, mode
     assert response.mimetype == "application/json"
     assert response.get_json()["error"]["code"] == "keys_unavailable"
     assert wiring.store.list_runs(stage="pipeline") == []
+    silent.close()
 
 
 # --- the refresh rules apply to the scheduler too ------------------------------------------------------------------
