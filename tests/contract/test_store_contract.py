@@ -695,6 +695,9 @@ class RecordContract(ContractBase):
         assert (loaded.count_normalized(), loaded.count_normalized("a"), loaded.count_normalized("b")) == (7, 3, 2)
         self.commit_pending(loaded, records=again)  # a replayed batch
         assert loaded.count_normalized() == 7
+        one_source = [self.DATASET[0][:7] + (2.0,) + self.DATASET[0][8:], record("a", "fresh", "2026-03-01T00:00:00Z")]
+        self.commit_pending(loaded, records=one_source)  # an update and a new record of one source
+        assert (loaded.count_normalized(), loaded.count_normalized("a")) == (8, 4)
 
     @pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
     @pytest.mark.parametrize("sort_by", SORTABLE_FIELDS)
