@@ -15,6 +15,7 @@ DEFAULT_SQLITE_PATH = "./data/etl.sqlite3"
 DEFAULT_SOURCE_B_PATH = "./data/Historical_Data.csv"
 DEFAULT_SOURCE_A_URL = "https://api.coinpaprika.com/v1/tickers"
 DEFAULT_SOURCE_C_URL = "https://api.coingecko.com/api/v3/coins/markets"
+GOOGLE_JWKS_URL = "https://www.googleapis.com/oauth2/v3/certs"
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class Settings:
     jwt_audience: str = ""
     jwt_issuer: str = ""
     refresh_min_s: float = 60.0
+    refresh_oidc_audience: str = ""  # Google ID tokens (Cloud Scheduler) accepted when set, with this aud only
+    refresh_oidc_emails: str = ""  # comma-separated service accounts whose ID tokens may refresh
+    refresh_oidc_jwks_url: str = GOOGLE_JWKS_URL  # where Google publishes its signing keys (tests: loopback)
+    refresh_oidc_jwks_timeout_s: float = 5.0
     # --- deployment (FaaS): see resolve_path ---
     deployed_as: str = ""  # K_SERVICE, set by Cloud Functions gen2 / Cloud Run: no default may depend on the folder
     storage_emulator_host: str = ""  # STORAGE_EMULATOR_HOST: gs:// objects come from this emulator, anonymously
@@ -156,10 +161,18 @@ class Settings:
             jwt_audience=reader.text("JWT_AUDIENCE"),
             jwt_issuer=reader.text("JWT_ISSUER"),
             refresh_min_s=reader.number("REFRESH_MIN_S", 60.0, float, minimum=0.0),
+            refresh_oidc_audience=reader.text("REFRESH_OIDC_AUDIENCE"),
+            refresh_oidc_emails=reader.emails("REFRESH_OIDC_EMAILS"),
+            refresh_oidc_jwks_url=reader.url("REFRESH_OIDC_JWKS_URL", GOOGLE_JWKS_URL),
+            refresh_oidc_jwks_timeout_s=reader.number("REFRESH_OIDC_JWKS_TIMEOUT_S", 5.0, float, minimum=0.1),
             deployed_as=deployed_as,
             storage_emulator_host=reader.host_url("STORAGE_EMULATOR_HOST"),
             stage_auth=(reader.text("STAGE_AUTH") or "none").lower(),
         )
+        if bool(settings.refresh_oidc_audience) != bool(settings.refresh_oidc_emails):
+            missing = "REFRESH_OIDC_EMAILS" if settings.refresh_oidc_audience else "REFRESH_OIDC_AUDIENCE"
+            raise ConfigError(f"{missing} must be set too: Google ID tokens for POST /refresh need both the "
+                              "audience (the API's URL) and the service accounts allowed to refresh")
         if settings.stage_auth not in ("none", "oidc"):
             raise ConfigError(f"STAGE_AUTH must be none or oidc, got {settings.stage_auth!r}")
         if settings.source_c_per_page > 250:
@@ -213,6 +226,14 @@ class _EnvReader:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return value
+
+    def emails(self, name: str) -> str:
+        """Comma-separated e-mail addresses (service accounts), normalised to `a,b` without blanks."""
+        addresses = [part.strip() for part in self.text(name).split(",") if part.strip()]
+        for address in addresses:
+            if not re.fullmatch(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+", address):
+                raise ConfigError(f"{name} must be comma-separated e-mail addresses, got {address[:80]!r}")
+        return ",".join(addresses)
 
     def optional_url(self, name: str) -> str:
         value = self.text(name)

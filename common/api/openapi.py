@@ -253,7 +253,8 @@ def document() -> dict:
         "/openapi.json": _get("getOpenApi", "This document",
                               {"200": _json("The OpenAPI 3.1 document", {"type": "object"})}),
         "/refresh": {"post": {
-            "operationId": "refresh", "summary": "Run one pipeline pass within the request (bearer JWT, HS256)",
+            "operationId": "refresh",
+            "summary": "Run one pipeline pass within the request (bearer JWT: HS256, or a Google OIDC ID token)",
             "security": [{"bearerJwt": []}],
             "responses": {
                 "200": _json("The pass ran to its end", _ref("Refreshed")),
@@ -263,7 +264,7 @@ def document() -> dict:
                 "409": _error("A pass is already running (pass_id, Location when known)"),
                 "414": _COMMON_ERRORS["414"],
                 "429": _error("At most one refresh per REFRESH_MIN_S", "Retry-After"),
-                "503": _error("Refresh disabled (no JWT_SECRET) or the store is unavailable"),
+                "503": _error("Refresh disabled (no JWT_SECRET nor OIDC), Google's keys or the store unavailable"),
             }}},
     }
     return {
@@ -275,7 +276,11 @@ def document() -> dict:
                                 "other methods 405 (with Allow), in the same error shape."},
         "paths": paths,
         "components": {"schemas": SCHEMAS, "headers": HEADERS,
-                       "securitySchemes": {"bearerJwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+                       "securitySchemes": {"bearerJwt": {
+                           "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                           "description": "An HS256 JWT from `etl token` (JWT_SECRET), or a Google-signed OIDC ID "
+                                          "token (RS256) for REFRESH_OIDC_AUDIENCE from an account in "
+                                          "REFRESH_OIDC_EMAILS (Cloud Scheduler)"}}},
     }
 
 
