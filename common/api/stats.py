@@ -14,6 +14,7 @@ Definitions (so the figures can be checked against the ledger):
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import Counter
@@ -44,9 +45,9 @@ def stats_blueprint(store: Store, clock: Clock, ttl_s: float = CACHE_TTL_S) -> f
         single_values(flask.request.args, ())
         with computing:  # one computation at a time: concurrent callers wait for it and share it
             now = clock()
-            if "body" not in cache or not 0 <= now - cache["at"] < ttl_s:
-                cache.update(body=collect_stats(store, now), at=now)
-            return cache["body"]
+            if "body" not in cache or not 0 <= now - cache["at"] < ttl_s:  # kept encoded: a hit encodes nothing
+                cache.update(body=json.dumps(collect_stats(store, now), separators=(",", ":")).encode(), at=now)
+            return flask.Response(cache["body"], mimetype="application/json")
 
     return blueprint
 
