@@ -94,3 +94,21 @@ def test_a_bug_in_a_stage_is_a_json_500_not_the_frameworks_page(env, caplog):
     error = json_error(response, (500,), "internal_error")
     assert error["request_id"] == "bug-1" and "release_lease" not in error["message"]
     assert any("bug-1" in record.getMessage() and record.exc_info for record in caplog.records)
+
+
+def test_the_api_reads_its_settings_once_it_could_build_and_retries_until_then(env, monkeypatch):
+    from common.config import Settings
+
+    reads = []
+    real = Settings.from_env.__func__
+    monkeypatch.setattr(Settings, "from_env", classmethod(lambda cls: reads.append(1) or real(cls)))
+    monkeypatch.setenv("SOURCE_A_RATE", "ten per minute")
+    api = client("http_api")
+    json_error(api.get("/health/live"), (500, 503), "config_error")
+    json_error(api.get("/health/live"), (500, 503), "config_error")  # still broken: tried again, still JSON
+    monkeypatch.setenv("SOURCE_A_RATE", "10/1m")
+    assert api.get("/health/live").status_code == 200
+    before = len(reads)
+    for _ in range(5):
+        assert api.get("/health/live").status_code == 200
+    assert len(reads) == before  # built once: no per-request parse of the environment
