@@ -7,7 +7,8 @@ Definitions (so the figures can be checked against the ledger):
   stage and source (a bounded window: the cost does not grow with the ledger).
 - `last_success`: the newest run that ended `succeeded` or `partial` (a partial run delivered data), and when
   it finished.
-- The answer is computed at most once per `CACHE_TTL_S` (5 s) per process (`generated_at` says when).
+- The answer is computed at most once per `CACHE_TTL_S` (5 s) per process (`generated_at` says when); while a
+  new one is computed, other callers get the previous one.
 - `overall.error_rate_24h` / `_7d`: over every stage run (extract, transform_load, quarantine_replay) started in
   that span; passes (`pipeline` runs) are left out, since a pass only sums up its stage runs.
 """
@@ -43,11 +44,18 @@ def stats_blueprint(store: Store, clock: Clock, ttl_s: float = CACHE_TTL_S) -> f
     @blueprint.get("/stats")
     def stats():
         single_values(flask.request.args, ())
-        with computing:  # one computation at a time: concurrent callers wait for it and share it
-            now = clock()
-            if "body" not in cache or not 0 <= now - cache["at"] < ttl_s:  # kept encoded: a hit encodes nothing
-                cache.update(body=json.dumps(collect_stats(store, now), separators=(",", ":")).encode(), at=now)
-            return flask.Response(cache["body"], mimetype="application/json")
+        now = clock()
+        fresh = "body" in cache and 0 <= now - cache["at"] < ttl_s
+        # one computation at a time; while it runs, callers get the previous answer (at most one period older)
+        # instead of queueing behind it: only the caller that computes waits (~0.2 s over 100k runs)
+        if not fresh and computing.acquire(blocking="body" not in cache):
+            try:
+                now = clock()
+                if "body" not in cache or not 0 <= now - cache["at"] < ttl_s:  # kept encoded: a hit encodes nothing
+                    cache.update(body=json.dumps(collect_stats(store, now), separators=(",", ":")).encode(), at=now)
+            finally:
+                computing.release()
+        return flask.Response(cache["body"], mimetype="application/json")
 
     return blueprint
 

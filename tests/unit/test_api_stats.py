@@ -87,3 +87,32 @@ def test_the_answer_is_kept_for_five_seconds(store, settings, clock):
     clock.advance(0.2)
     body = client.get("/stats").get_json()
     assert body["sources"]["source_b"]["runs"] == 1 and body["generated_at"] == iso_utc(clock.now)
+
+
+def test_while_one_caller_recomputes_the_others_get_the_previous_answer(store, settings, clock, monkeypatch):
+    import threading
+
+    from common.api import stats as stats_module
+
+    client = create_app(Wiring(settings=settings, store=store, clock=clock)).test_client()
+    assert client.get("/stats").get_json()["sources"]["source_b"]["runs"] == 0
+    save(store, "b1", clock.now)
+    clock.advance(6)
+    computing, release = threading.Event(), threading.Event()
+    real = stats_module.collect_stats
+
+    def slow(store_, now):
+        computing.set()
+        assert release.wait(10)
+        return real(store_, now)
+
+    monkeypatch.setattr(stats_module, "collect_stats", slow)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(client.get("/stats").get_json()))
+    worker.start()
+    assert computing.wait(10)
+    assert client.get("/stats").get_json()["sources"]["source_b"]["runs"] == 0  # previous answer, no waiting
+    release.set()
+    worker.join(10)
+    assert answers[0]["sources"]["source_b"]["runs"] == 1
+    assert client.get("/stats").get_json()["sources"]["source_b"]["runs"] == 1
