@@ -5,6 +5,7 @@
     ├── InputError                a caller sent something invalid (400, fatal)
     ├── Unauthorized              no usable bearer token (401, fatal; .error is the RFC 6750 code)
     ├── RefreshDisabled           POST /refresh without a JWT_SECRET configured (503, fatal)
+    ├── KeysUnavailable           Google's signing keys for an OIDC token cannot be fetched (503, retryable)
     ├── NotFound                  the thing asked for does not exist, e.g. a run id (404, fatal)
     ├── MethodNotAllowed          wrong HTTP method for an endpoint (405, fatal)
     ├── LeaseLost                 our stage lease expired and was taken over (409, stop: the new owner goes on)
@@ -72,6 +73,14 @@ class RefreshDisabled(EtlError):
 
     http_status = 503
     code = "refresh_disabled"
+
+
+class KeysUnavailable(EtlError):
+    """Google's signing keys could not be fetched: the token may be good, so this is not a 401 (503, retryable)."""
+
+    retryable = True
+    http_status = 503
+    code = "keys_unavailable"
 
 
 class MethodNotAllowed(EtlError):

@@ -21,7 +21,7 @@ import uuid
 import jwt
 
 from common.config import Settings
-from common.errors import ConfigError, EtlError, InputError, RefreshDisabled, Unauthorized
+from common.errors import ConfigError, InputError, KeysUnavailable, RefreshDisabled, Unauthorized
 
 ALGORITHM = "HS256"
 OIDC_ALGORITHM = "RS256"
@@ -46,14 +46,6 @@ def challenge(error: Unauthorized) -> str:
     if not error.error:
         return f'Bearer realm="{REALM}"'
     return f'Bearer realm="{REALM}", error="{error.error}", error_description="{error.message}"'
-
-
-class KeysUnavailable(EtlError):
-    """Google's signing keys could not be fetched: the token may be good, so this is not a 401 (503, retryable)."""
-
-    retryable = True
-    http_status = 503
-    code = "keys_unavailable"
 
 
 class GoogleKeys:

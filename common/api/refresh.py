@@ -27,11 +27,11 @@ from typing import Callable
 
 import flask
 
-from common.api.auth import GoogleKeys, KeysUnavailable, challenge, verify_bearer
+from common.api.auth import GoogleKeys, challenge, verify_bearer
 from common.api.envelope import json_error, request_id_of
 from common.clock import Deadline
 from common.config import Settings
-from common.errors import RefreshDisabled, Unauthorized
+from common.errors import KeysUnavailable, RefreshDisabled, Unauthorized
 from common.invokers import InProcessInvoker, StageInvoker
 from common.orchestrator import run_pass
 from common.store import Run, Store

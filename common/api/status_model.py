@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from common.api.cache import VersionedCache
 from common.api.health import GOOD, _freshness, _heartbeat
 from common.clock import Clock, epoch_or_none
 from common.schedule import TRIGGER_HEARTBEAT_KEY
@@ -92,7 +93,7 @@ class StatusModel:
         self._lock = threading.Lock()
         self._figures: dict = {}
         self._records: dict = {}
-        self._assets: dict[tuple, AssetView | None] = {}
+        self._assets = VersionedCache(MAX_CACHED_ASSETS)
 
     # --- the overview ---------------------------------------------------------------------------------------------
     def overview(self) -> Overview:
@@ -157,16 +158,12 @@ class StatusModel:
     # --- one asset --------------------------------------------------------------------------------------------------
     def asset(self, symbol: str | None, asset_id: str | None) -> AssetView | None:
         """The asset with this id, else the one with this symbol reported by most sources (others listed)."""
-        key = (symbol, asset_id, self.store.data_version())
-        with self._lock:
-            if key in self._assets:
-                return self._assets[key]
-        view = self._read_asset(symbol, asset_id)
-        with self._lock:
-            if len(self._assets) >= MAX_CACHED_ASSETS:
-                self._assets.clear()
-            self._assets[key] = view
-        return view
+        version = self.store.data_version()
+        kept = self._assets.get(version, (symbol, asset_id))  # (view,): "no such asset" is an answer too
+        if kept is None:
+            kept = (self._read_asset(symbol, asset_id),)
+            self._assets.put(version, (symbol, asset_id), kept)
+        return kept[0]
 
     def _read_asset(self, symbol: str | None, asset_id: str | None) -> AssetView | None:
         query = DataQuery(asset_id=asset_id, limit=1) if asset_id else DataQuery(

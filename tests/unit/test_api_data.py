@@ -231,7 +231,7 @@ def test_a_page_is_encoded_once_per_data_version(client, loaded, monkeypatch):
 
 
 def test_the_page_cache_is_bounded_and_never_goes_back_a_version():
-    from common.api.data import VersionedCache
+    from common.api.cache import VersionedCache
 
     cache = VersionedCache(max_entries=3, max_bytes=100)
     for n in range(10):

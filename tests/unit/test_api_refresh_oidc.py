@@ -6,7 +6,6 @@ configured) is a 401 with a Bearer challenge and no pass; an unreachable JWKS is
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -20,14 +19,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from common.api.app import create_app
 from common.clock import iso_utc
 from common.config import Settings
 from common.errors import ConfigError
 from common.store import Run
-from common.wiring import Wiring, build_store
 from tests.conftest import SleepingClock, csv_lines, write_csv
 from tests.e2e.emulator_fixture import source_emulator  # noqa: F401 (fixture)
+from tests.unit.test_api_refresh import made  # noqa: F401 (fixture: a client and wiring per overrides)
 
 SECRET = "s3cret-for-tests-only-0123456789-abcdef-" + "k" * 24
 AUDIENCE = "https://europe-west1-my-proj.cloudfunctions.net/http_api"
@@ -89,23 +87,6 @@ def env(tmp_path, source_emulator, jwks):
                     source_a_rate="1000/1s", source_c_rate="1000/1s", source_c_per_page=10, source_c_max_pages=1,
                     lease_ttl_s=5, jwt_secret=SECRET, refresh_min_s=60, refresh_oidc_audience=AUDIENCE,
                     refresh_oidc_emails=f"someone@example.com,{SCHEDULER}", refresh_oidc_jwks_url=jwks.url)
-
-
-@pytest.fixture
-def made(env):
-    stores = []
-
-    def make(clock=None, **overrides):
-        settings = dataclasses.replace(env, **overrides)
-        clock = clock or SleepingClock()
-        store = build_store(settings)
-        stores.append(store)
-        wiring = Wiring(settings=settings, store=store, clock=clock, sleep=clock.sleep)
-        return create_app(wiring).test_client(), wiring
-
-    yield make
-    for store in stores:
-        store.close()
 
 
 def google_token(key, kid: str | None = KID, algorithm: str = "RS256", **claims) -> str:

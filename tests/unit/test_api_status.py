@@ -10,14 +10,11 @@ from html.parser import HTMLParser
 
 import pytest
 
-from common.api.app import create_app
 from common.clock import iso_utc
-from common.config import Settings
 from common.schedule import TRIGGER_HEARTBEAT_KEY
 from common.sources import SOURCE_NAMES
 from common.store import NORMALIZED_FIELDS, Run
-from common.wiring import Wiring
-from tests.conftest import FakeClock
+from tests.unit.test_api_health import api as client, clock, settings  # noqa: F401 (fixtures: the same hourly stack)
 
 HOUR = 3600.0
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -86,20 +83,6 @@ def number(text: str) -> float:
 
 
 # --- seeding ------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return Settings(sqlite_path=str(tmp_path / "etl.sqlite3"), etl_schedule="1h")
-
-
-def client(store, settings, clock):
-    return create_app(Wiring(settings=settings, store=store, clock=clock)).test_client()
-
-
 def run(store, run_id, at, *, stage="extract", source=None, status="succeeded", duration_ms=2000, **extra):
     summary = {"warnings": [], "errors": [], **extra.pop("summary", {})}
     store.save_run(Run(run_id=run_id, stage=stage, source=source, status=status, started_at=iso_utc(at),
