@@ -95,3 +95,15 @@ def store(settings):
     store = build_store(settings)
     yield store
     store.close()
+
+
+@pytest.fixture
+def sent_to_worker(monkeypatch) -> list[str]:
+    """The ids of the batches the transform hands to its normalize worker, in order (the worker is real)."""
+    from common import parallel
+
+    sent: list[str] = []
+    submit = parallel.Worker.submit
+    monkeypatch.setattr(parallel.Worker, "submit", lambda worker, fn, settings, batch, *rest: sent.append(
+        batch.batch_id) or submit(worker, fn, settings, batch, *rest))
+    return sent

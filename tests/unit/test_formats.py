@@ -131,20 +131,17 @@ def test_evidence_in_a_later_batch_pins_the_format_and_replay_loads_what_was_hel
     assert wiring.store.count_normalized() == 52 and wiring.store.count_quarantine(unresolved_only=True) == 0
 
 
-def test_a_worker_process_that_pins_the_format_reports_it_and_what_the_main_process_held_back(wiring, monkeypatch):
+def test_a_worker_process_that_pins_the_format_reports_it_and_what_the_main_process_held_back(
+        wiring, monkeypatch, sent_to_worker):
     from common import parallel
 
     monkeypatch.setattr(parallel, "PREFETCH_AFTER_S", 0.0)  # batches 2.. are normalized in the worker
-    submitted = []
-    real_submit = parallel.ProcessPoolExecutor.submit
-    monkeypatch.setattr(parallel.ProcessPoolExecutor, "submit",
-                        lambda pool, *args, **kw: submitted.append(args[2].batch_id) or real_submit(pool, *args, **kw))
     settings = dataclasses.replace(wiring.settings, csv_chunk_rows=12, transform_workers=1)
     wiring = dataclasses.replace(wiring, settings=settings)
     write_csv(settings.source_b_path, resaved(csv_lines(coins=1, days=12) + csv_lines(coins=1, days=40, first_coin=1)))
     run_extract("b", wiring)
     run = run_transform(wiring)
-    assert len(submitted) == 4 and (run.quarantined, run.rows_out) == (36, 16)  # exactly what one process does
+    assert len(sent_to_worker) == 4 and (run.quarantined, run.rows_out) == (36, 16)  # exactly what one process does
     [decision] = [d for d in run.summary["drift"] if d["field"] == "observed_at"]
     assert (decision["action"], decision["format"], decision["held_back"]) == ("inferred", DAY_FIRST, True)
 

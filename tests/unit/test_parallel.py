@@ -22,18 +22,14 @@ def load(wiring, workers: int, monkeypatch) -> tuple[list[dict], object]:
     return [{k: v for k, v in item.items() if k not in ("ingested_at", "run_id")} for item in items], run
 
 
-def test_prefetching_in_a_worker_changes_nothing_but_speed(wiring, tmp_path, monkeypatch):
+def test_prefetching_in_a_worker_changes_nothing_but_speed(wiring, tmp_path, monkeypatch, sent_to_worker):
     other = dataclasses.replace(wiring.settings, sqlite_path=str(tmp_path / "other.sqlite3"))
     from common.wiring import Wiring, build_store
 
-    submitted = []
-    real_submit = parallel.ProcessPoolExecutor.submit
-    monkeypatch.setattr(parallel.ProcessPoolExecutor, "submit",
-                        lambda pool, *args, **kw: submitted.append(args[2].batch_id) or real_submit(pool, *args, **kw))
     inline_items, inline_run = load(Wiring(settings=other, store=build_store(other)), 0, monkeypatch)
-    assert submitted == []
+    assert sent_to_worker == []
     worker_items, worker_run = load(wiring, 1, monkeypatch)
-    assert len(submitted) == 3  # batches 2..4 were normalized in the worker
+    assert len(sent_to_worker) == 3  # batches 2..4 were normalized in the worker
     assert inline_run.summary["batches"] == worker_run.summary["batches"] == 4  # 121 lines in chunks of 40
     assert worker_items == inline_items and len(worker_items) == 120
     assert (worker_run.rows_out, worker_run.quarantined) == (inline_run.rows_out, inline_run.quarantined) == (120, 1)
