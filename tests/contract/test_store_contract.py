@@ -23,7 +23,7 @@ from common.store import (
     INDEXED_SORTS, NORMALIZED_FIELDS, SCHEMA_VERSION, SORTABLE_FIELDS, DataQuery, Fence, Page, RawBatch, Run, Store,
 )
 from common.ids import idempotency_key
-from common.store import mongo as mongo_module
+from common.store import mongo_base
 from common.store.mongo import MongoStore
 from common.store.sqlite import SqliteStore
 
@@ -1397,7 +1397,7 @@ class MongoContract(StoreContract):
 def test_an_unreachable_mongodb_fails_within_the_store_timeout(monkeypatch):
     """With the server down, a request must answer in seconds: the client is built with the bounded timeouts."""
     built = []
-    monkeypatch.setattr(mongo_module, "MongoClient", lambda *a, **kw: built.append(kw) or mongomock_ng.MongoClient())
+    monkeypatch.setattr(mongo_base, "MongoClient", lambda *a, **kw: built.append(kw) or mongomock_ng.MongoClient())
     MongoStore.from_uri("mongodb://db.example:27017/etl", timeout_s=2.5).ping()
     assert built == [{"serverSelectionTimeoutMS": 2500, "connectTimeoutMS": 2500}]
     monkeypatch.undo()
@@ -1442,7 +1442,7 @@ class TestMongomockStoreInTransactions(TestMongomockStore):
             clients.append(mongomock_ng.MongoClient(*args, **kwargs))
             return clients[-1]
 
-        monkeypatch.setattr(mongo_module, "MongoClient", client_factory)
+        monkeypatch.setattr(mongo_base, "MongoClient", client_factory)
         named = MongoStore.from_uri("mongodb://localhost/analytics")
         default = MongoStore.from_uri("mongodb://localhost")
         assert clients == []  # nothing connects before first use (gunicorn forks after import)

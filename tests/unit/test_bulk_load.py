@@ -10,8 +10,8 @@ import pytest
 
 from common.errors import LeaseLost
 from common.pipeline import run_extract, run_transform
-from common.store import DataQuery
-from common.store import sqlite as sqlite_module
+from common.store import DataQuery, sqlite_records
+from common.store.sqlite import SqliteStore
 from common.store.sqlite_schema import SORT_INDEXES
 from tests.conftest import csv_lines, write_csv
 
@@ -27,8 +27,8 @@ def plan(store, sql: str, params=()) -> str:
 
 @pytest.fixture
 def small_bulk(monkeypatch):
-    monkeypatch.setattr(sqlite_module, "BULK_MIN_ROWS", 100)
-    monkeypatch.setattr(sqlite_module, "ANALYZE_MIN_ROWS", 100)
+    monkeypatch.setattr(sqlite_records, "BULK_MIN_ROWS", 100)
+    monkeypatch.setattr(sqlite_records, "ANALYZE_MIN_ROWS", 100)
 
 
 def test_a_large_backlog_drops_the_sort_indexes_and_the_transform_builds_them(wiring, small_bulk,
@@ -36,16 +36,16 @@ def test_a_large_backlog_drops_the_sort_indexes_and_the_transform_builds_them(wi
     write_csv(wiring.settings.source_b_path, csv_lines(coins=4, days=100))
     run_extract("source_b", wiring)
     seen = []
-    real = sqlite_module.SqliteStore.commit_transformed
+    real = SqliteStore.commit_transformed
 
     def commit(store, *args, **kwargs):  # what a reader finds between two commits of the load
         seen.append(set(SORT_INDEXES.values()) - indexes(store.path))
         return real(store, *args, **kwargs)
 
-    monkeypatch.setattr(sqlite_module.SqliteStore, "commit_transformed", commit)
+    monkeypatch.setattr(SqliteStore, "commit_transformed", commit)
     run = run_transform(wiring)
     assert run.status == "succeeded" and run.summary["bulk_load"] is True
-    assert seen and all(missing == {SORT_INDEXES[f] for f in sqlite_module.REBUILT_SORTS} for missing in seen)
+    assert seen and all(missing == {SORT_INDEXES[f] for f in sqlite_records.REBUILT_SORTS} for missing in seen)
     assert set(SORT_INDEXES.values()) <= indexes(wiring.store.path)  # all back after the load
     assert wiring.store.count_normalized() == 400
 
