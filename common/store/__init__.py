@@ -37,6 +37,7 @@ INDEXED_SORTS = SORTABLE_FIELDS
 only because the entries are narrow (SQLite: a value and the row id) and a bulk load builds them after loading
 (`RecordStore.begin_bulk_load`): kept row by row through a 1M-row CSV load they cost 22-34 s, built after it 2-3 s."""
 RUN_STATUSES = ("running", "succeeded", "partial", "failed", "skipped")
+FINISHED_STATUSES = ("succeeded", "partial", "failed")  # a run that ran to an end (skipped: it never started)
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,12 @@ class RunLedger(ABC):
     @abstractmethod
     def running_runs(self, stage: str, source: str | None) -> list[Run]:
         """Every run of exactly this stage and source still recorded as `running` (served from an index)."""
+
+    @abstractmethod
+    def run_durations(self, stage: str, source: str | None, limit: int) -> list[int]:
+        """`duration_ms` of the FINISHED_STATUSES runs among the newest `limit` runs of exactly this stage and
+        source (None: runs without one), newest first; read without loading whole run documents where the store
+        can (/stats reads five windows of 500 on every recompute)."""
 
     @abstractmethod
     def last_run(self, statuses: Sequence[str], stage: str | None = None) -> Run | None:

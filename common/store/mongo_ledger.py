@@ -9,7 +9,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from common.clock import iso_utc
-from common.store import Fence, Run
+from common.store import FINISHED_STATUSES, Fence, Run
 from common.store.mongo_base import MongoBase, limited, translated
 from common.store.mongo_schema import run_count_id
 
@@ -142,6 +142,14 @@ class MongoLedger(MongoBase):
         cursor = self._database().runs.find({"status": "running", "stage": stage, "source": source}, {"doc": 1})
         runs = [Run(**json.loads(d["doc"])) for d in cursor]
         return sorted(runs, key=lambda r: (r.started_at, r.run_id))
+
+    @translated
+    def run_durations(self, stage: str, source: str | None, limit: int) -> list[int]:
+        cursor = self._database().runs.find({"stage": stage, "source": source}, {"status": 1, "doc": 1}).sort(
+            [("started_at", DESCENDING), ("_id", DESCENDING)])
+        durations = [json.loads(d["doc"]).get("duration_ms") for d in limited(cursor, limit)
+                     if d["status"] in FINISHED_STATUSES]
+        return [ms for ms in durations if ms is not None]
 
     @translated
     def last_run(self, statuses: Sequence[str], stage: str | None = None) -> Run | None:

@@ -6,7 +6,7 @@ import json
 from typing import Sequence
 
 from common.clock import iso_utc
-from common.store import Fence, Run
+from common.store import FINISHED_STATUSES, Fence, Run
 from common.store.sqlite_base import SqliteBase, sql_where
 
 
@@ -84,6 +84,14 @@ class SqliteLedger(SqliteBase):
         rows = self._read("SELECT doc FROM runs WHERE status = 'running' AND stage = ? AND source IS ? "
                           "ORDER BY started_at, run_id", (stage, source))
         return [Run(**json.loads(r[0])) for r in rows]
+
+    def run_durations(self, stage: str, source: str | None, limit: int) -> list[int]:
+        rows = self._read(
+            "SELECT json_extract(doc, '$.duration_ms') FROM (SELECT status, doc, started_at, run_id FROM runs "
+            "WHERE stage = ? AND source IS ? ORDER BY started_at DESC, run_id DESC LIMIT ?) "
+            f"WHERE status IN ({', '.join('?' * len(FINISHED_STATUSES))}) ORDER BY started_at DESC, run_id DESC",
+            (stage, source, limit, *FINISHED_STATUSES))
+        return [row[0] for row in rows if row[0] is not None]
 
     def last_run(self, statuses: Sequence[str], stage: str | None = None) -> Run | None:
         where, params = sql_where({"stage": stage}, f"status IN ({', '.join('?' * len(statuses))})")

@@ -914,6 +914,20 @@ class LedgerContract(ContractBase):
         assert [r.run_id for r in store.list_runs(limit=2)] == ["r5", "r4"]
         assert store.list_runs(stage="transform") == [runs[2]]
 
+    def test_run_durations_are_the_finished_runs_among_the_newest_of_exactly_that_stage_and_source(self, store):
+        for i, (status, source, ms) in enumerate([
+            ("succeeded", "a", 10), ("failed", "a", 20), ("running", "a", None), ("skipped", "a", 0),
+            ("partial", "a", 40), ("succeeded", "b", 99), ("succeeded", None, 7), ("succeeded", "a", None),
+        ]):
+            store.save_run(run(f"r{i}", "extract", source, status=status, duration_ms=ms,
+                               started_at=f"2026-01-01T0{i}:00:00.000Z"))
+        store.save_run(run("t1", "transform", None, duration_ms=5, started_at="2026-01-01T09:00:00.000Z"))
+        assert store.run_durations("extract", "a", 500) == [40, 20, 10]  # newest first; no duration: left out
+        assert store.run_durations("extract", "a", 4) == [40]  # the window counts every run: running, skipped
+        assert store.run_durations("extract", None, 500) == [7]  # None: runs without a source, not any source
+        assert store.run_durations("transform", None, 500) == [5]
+        assert store.run_durations("extract", "c", 500) == [] and store.run_durations("extract", "a", 0) == []
+
     def test_last_run_by_status_and_stage(self, store):
         for entry in (
             run("r1", "extract", status="succeeded", started_at="2026-01-01T00:00:00.000Z"),
