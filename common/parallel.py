@@ -160,7 +160,12 @@ class Normalizer:
         if not (self.worth_it or self.worker) or self.settings.transform_workers < 1 or self.broken:
             return
         if self.worker is None:
-            self.worker = Worker()
+            try:
+                self.worker = Worker()
+            except OSError as exc:  # no process to be had (EAGAIN, ENOMEM): the run goes on in-process
+                log.warning("normalize worker could not start (%s); normalizing in-process", exc)
+                self.broken = True
+                return
         future = self.worker.submit(_normalize_in_worker, self.settings, batch, self.run_id, ingested_at,
                                     self.clock())
         self.ahead = ((batch.batch_id, batch.version), future)

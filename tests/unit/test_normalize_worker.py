@@ -141,3 +141,15 @@ def test_a_stopped_worker_is_waited_for_only_so_long(normalizer, monkeypatch):
     assert same(normalizer.result(batch, "now"), expected)
     assert normalizer.broken and 1.0 <= time.monotonic() - started < 20
     assert not psutil.pid_exists(pid)  # killed and reaped
+
+
+def test_a_worker_that_cannot_start_costs_nothing_but_time(normalizer, monkeypatch):
+    normalizer, batch, expected = normalizer
+
+    def no_process():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(parallel, "Worker", no_process)
+    normalizer.prefetch(batch, "now")
+    assert normalizer.broken and normalizer.ahead is None
+    assert same(normalizer.result(batch, "now"), expected)
