@@ -70,7 +70,7 @@ def same(a: Normalized, b: Normalized) -> bool:
     return a.records == b.records and a.quarantine == b.quarantine and len(a.records) == 40
 
 
-def worker_pid(normalizer) -> int:
+def worker_pid() -> int:
     [child] = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
     return child.pid
 
@@ -80,7 +80,7 @@ def test_a_killed_worker_costs_nothing_but_time(normalizer):
     normalizer, batch, expected = normalizer
     normalizer.prefetch(batch, "now")
     assert same(normalizer.result(batch, "now"), expected)  # the worker is up and has done it once
-    pid = worker_pid(normalizer)
+    pid = worker_pid()
     os.kill(pid, signal.SIGSTOP)  # so that it cannot answer before the kill lands
     normalizer.prefetch(batch, "now")
     os.kill(pid, signal.SIGKILL)
@@ -135,7 +135,7 @@ def test_a_stopped_worker_is_waited_for_only_so_long(normalizer, monkeypatch):
     normalizer, batch, expected = normalizer
     monkeypatch.setattr(parallel, "WORKER_PATIENCE_S", 1.0)
     normalizer.prefetch(batch, "now")
-    pid = worker_pid(normalizer)
+    pid = worker_pid()
     os.kill(pid, signal.SIGSTOP)  # a spawned worker takes >100 ms to import: it cannot have answered yet
     started = time.monotonic()
     assert same(normalizer.result(batch, "now"), expected)
